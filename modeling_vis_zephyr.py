@@ -269,6 +269,9 @@ class VisionZephyrPreTrainedModel(PreTrainedModel):
 class VisionZephyrModel(VisionZephyrPreTrainedModel):
     """The vision tower, the projector and the language model without its head."""
 
+    # Loading the full checkpoint through `AutoModel` leaves the LM head out on purpose.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+
     def __init__(self, config: VisionZephyrConfig):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
@@ -341,7 +344,7 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
                 f"`pixel_values` {tuple(pixel_values.shape)} do not hold the {tiles_per_image} tiles that the image "
                 "grids ask for; pass the processor's `pixel_values` with its `image_grids`/`image_sizes`."
             )
-        tiles = torch.cat([image[:count] for image, count in zip(pixel_values, tiles_per_image)])
+        tiles = torch.cat([image[:count] for image, count in zip(pixel_values, tiles_per_image, strict=True)])
         tiles = tiles.to(device=self.vision_tower.device, dtype=self.vision_tower.dtype)
 
         needed_layers = sorted({index for group in self.config.vision_feature_layers for index in group})

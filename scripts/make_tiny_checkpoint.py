@@ -63,9 +63,7 @@ def tiny_config(projector_type: str = "qformer", **overrides):
         vision_config=TINY_VISION_CONFIG,
         text_config=TINY_TEXT_CONFIG,
         projector_type=projector_type,
-        qformer_num_layers=2,
-        qformer_num_attention_heads=4,
-        **overrides,
+        **{"qformer_num_layers": 2, "qformer_num_attention_heads": 4, **overrides},
     )
     config.auto_map = dict(AUTO_MAP)
     return config
