@@ -242,20 +242,27 @@ def prompts_per_image(visual_prompts: Sequence | None, num_images: int) -> list[
 
 def flatten_images(images) -> list:
     """A flat list of the images in `images` (an image, a path or URL, a 4-D batch, or nested lists of them)."""
+    flat = list(_iterate_images(images))
+    if not flat:
+        raise ValueError("images: got no image, expected at least one")
+    return flat
+
+
+def _iterate_images(images):
     if isinstance(images, (list, tuple)):
-        if len(images) == 0:
-            raise ValueError("images: got an empty list, expected at least one image")
-        return [image for entry in images for image in flatten_images(entry)]
-    if isinstance(images, str):
-        return [load_image(images)]
-    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-        return list(images)
-    if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
-        return [images]
-    raise TypeError(
-        "images: expected a PIL image, numpy array, torch tensor, path or URL (or a list of them), "
-        f"got {type(images).__name__}"
-    )
+        for entry in images:
+            yield from _iterate_images(entry)
+    elif isinstance(images, str):
+        yield load_image(images)
+    elif isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        yield from images
+    elif isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
+        yield images
+    else:
+        raise TypeError(
+            "images: expected a PIL image, numpy array, torch tensor, path or URL (or a list of them), "
+            f"got {type(images).__name__}"
+        )
 
 
 def to_rgb_image(image, input_data_format: str | None = None) -> Image.Image:
