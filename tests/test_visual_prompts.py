@@ -132,7 +132,7 @@ def test_point_default_radius_scales_with_the_image_like_the_original():
 @pytest.mark.parametrize("as_image", [False, True], ids=["bool array", "L image"])
 def test_mask_blends_its_interior_at_the_lower_default_alpha(as_image):
     mask = rectangle_mask(30, 20, 59, 39)
-    mask_input = Image.fromarray(mask.astype(np.uint8) * 255, mode="L") if as_image else mask
+    mask_input = Image.fromarray(mask.astype(np.uint8) * 255) if as_image else mask
     image = draw_visual_prompts(plain_image(), [{"type": "mask", "mask": mask_input, "color": "aqua"}])
     assert_blended(image, [(30, 20), (45, 30), (59, 39)], VISUAL_PROMPT_COLORS["aqua"], 0.35)
     assert_untouched(image, [(29, 30), (60, 30), (45, 19), (45, 40), (5, 5)])
@@ -144,6 +144,26 @@ def test_mask_contour_is_a_band_centred_on_the_boundary_and_leaves_the_interior_
     # Width 3: two pixels inside the mask, one outside.
     assert_blended(image, [(29, 30), (30, 30), (31, 30), (45, 19), (45, 20), (45, 21), (60, 39)], RED, 0.5)
     assert_untouched(image, [(28, 30), (32, 30), (45, 30), (45, 18), (45, 22), (57, 37)])
+
+
+def chebyshev_dilation(mask: np.ndarray, radius: int, outside: bool) -> np.ndarray:
+    padded = np.pad(mask, radius, constant_values=outside)
+    height, width = mask.shape
+    shifted = [
+        padded[dy : dy + height, dx : dx + width] for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)
+    ]
+    return np.logical_or.reduce(shifted)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 7, 12])
+def test_mask_contour_band_matches_brute_force_morphology(width):
+    mask = np.random.default_rng(width).random((HEIGHT, WIDTH)) < 0.02
+    mask = chebyshev_dilation(mask, 4, outside=False)  # blobs with holes and image-border contact
+    image = draw_visual_prompts(plain_image(), [{"type": "mask_contour", "mask": mask, "width": width, "alpha": 1.0}])
+    inner, outer = (width + 1) // 2, width // 2
+    band = chebyshev_dilation(mask, outer, outside=False) & chebyshev_dilation(~mask, inner, outside=True)
+    painted = (np.asarray(image) != BACKGROUND).any(axis=2)
+    assert np.array_equal(painted, band), f"{(painted != band).sum()} pixels differ from the expected band"
 
 
 def test_mask_contour_follows_the_image_border_where_the_mask_is_cut_by_it():
@@ -264,6 +284,17 @@ def draw_with_full_size_overlays(image: Image.Image, prompts) -> Image.Image:
             mark.paint(overlay, (0, 0), visual_prompts._ink(prompt))
         canvas = Image.alpha_composite(canvas, overlay)
     return canvas.convert("RGB")
+
+
+def test_pasting_through_alpha_equals_alpha_compositing_on_an_opaque_image():
+    """The shortcut the drawing code takes, checked for every alpha and background value."""
+    alpha, background = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    source = np.stack([np.full_like(alpha, 255), np.zeros_like(alpha), 255 - background, alpha], axis=-1)
+    overlay = Image.fromarray(source.astype(np.uint8))
+    image = Image.fromarray(np.stack([background, background, alpha], axis=-1).astype(np.uint8))
+    composited = Image.alpha_composite(image.convert("RGBA"), overlay).convert("RGB")
+    image.paste(overlay, (0, 0), overlay)
+    assert image.tobytes() == composited.tobytes()
 
 
 def test_every_shape_matches_the_full_size_overlay_reference():
