@@ -68,7 +68,16 @@ GEOMETRY_KEYS = {
     "mask": "mask",
     "mask_contour": "mask",
 }
-SIZE_KEYS = {"point": "radius", "mask": None}
+SIZE_KEYS = {
+    "box": "width",
+    "ellipse": "width",
+    "arrow": "width",
+    "point": "radius",
+    "scribble": "width",
+    "triangle": "width",
+    "mask": None,
+    "mask_contour": "width",
+}
 STYLE_KEYS = ("color", "alpha", "label")
 
 # Shape words of the original's training phrases, e.g. "the person within the red rectangle".
@@ -173,9 +182,14 @@ def _show(value) -> str:
 
 def _checked_image_size(image_size) -> tuple[int, int]:
     is_pair = isinstance(image_size, Sequence) and len(image_size) == 2
-    if not is_pair or not all(isinstance(side, numbers.Integral) and side > 0 for side in image_size):
+    is_size = is_pair and all(_is_int(side) and side > 0 for side in image_size)
+    if not is_size:
         raise ValueError(f"image_size: expected (width, height) as two positive ints, got {_show(image_size)}")
     return int(image_size[0]), int(image_size[1])
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _validated_prompt(prompt, index: int, image_size: tuple[int, int]) -> dict:
@@ -184,7 +198,7 @@ def _validated_prompt(prompt, index: int, image_size: tuple[int, int]) -> dict:
         raise TypeError(f"{where}: expected a dict, got {_show(prompt)}")
     shape_type = _checked_type(prompt, where)
     geometry_key = GEOMETRY_KEYS[shape_type]
-    size_key = SIZE_KEYS.get(shape_type, "width")
+    size_key = SIZE_KEYS[shape_type]
     allowed_keys = ("type", geometry_key, *STYLE_KEYS, *([size_key] if size_key else []))
     for key in prompt:
         if key not in allowed_keys:
@@ -213,7 +227,7 @@ def _checked_type(prompt: Mapping, where: str) -> str:
     if "type" not in prompt:
         raise ValueError(f"{where}['type']: missing, expected one of {tuple(GEOMETRY_KEYS)}")
     shape_type = prompt["type"]
-    if shape_type not in GEOMETRY_KEYS:
+    if not isinstance(shape_type, str) or shape_type not in GEOMETRY_KEYS:
         raise ValueError(f"{where}['type']: expected one of {tuple(GEOMETRY_KEYS)}, got {_show(shape_type)}")
     return shape_type
 
@@ -324,7 +338,7 @@ def _checked_color(value, field: str) -> str | tuple[int, int, int]:
     expected = "a colour name or an RGB triple of ints in 0-255"
     if not isinstance(value, (Sequence, np.ndarray)) or len(value) != 3:
         raise TypeError(f"{field}: expected {expected}, got {_show(value)}")
-    if not all(isinstance(channel, numbers.Integral) and not isinstance(channel, bool) for channel in value):
+    if not all(_is_int(channel) for channel in value):
         raise TypeError(f"{field}: expected {expected}, got {_show(value)}")
     if not all(0 <= channel <= 255 for channel in value):
         raise ValueError(f"{field}: expected {expected}, got {_show(value)}")
@@ -339,7 +353,7 @@ def _checked_alpha(value, field: str) -> float:
 
 
 def _checked_size(value, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not _is_int(value):
         raise TypeError(f"{field}: expected a positive int (pixels), got {_show(value)}")
     if value < 1:
         raise ValueError(f"{field}: expected a positive int (pixels), got {_show(value)}")

@@ -397,6 +397,7 @@ VALID = {"type": "box", "xyxy": [1, 2, 30, 40]}
     "prompt, error, key",
     [
         ({"type": "circle", "xy": [1, 2]}, ValueError, "type"),
+        ({"type": ["box"], "xyxy": [1, 2, 3, 4]}, ValueError, "type"),
         ({"xyxy": [1, 2, 3, 4]}, ValueError, "type"),
         ({"type": "box"}, ValueError, "xyxy"),
         ({"type": "box", "xyxy": [1, 2, 3]}, ValueError, "xyxy"),
@@ -468,7 +469,7 @@ def test_wrong_container_types_raise_type_error(prompts, error):
         draw_visual_prompts(plain_image(), prompts)
 
 
-@pytest.mark.parametrize("image_size", [(0, 10), (10,), (10.0, 10), "10x10"])
+@pytest.mark.parametrize("image_size", [(0, 10), (10,), (10.0, 10), (True, 10), "10x10"])
 def test_image_size_must_be_two_positive_ints(image_size):
     with pytest.raises(ValueError, match="image_size"):
         validate_visual_prompts([VALID], image_size)
