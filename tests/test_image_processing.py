@@ -1,4 +1,4 @@
-"""VisionZephyrImageProcessor: the original's anyres tiles exactly, every input kind, per-call budgets, clear errors."""
+"""VisionZephyrImageProcessor: the original's anyres tiles exactly, every input kind, budgets, clear errors."""
 
 import json
 import shutil
