@@ -90,7 +90,6 @@ class CheckpointTensors:
     """
 
     def __init__(self, files: list[Path]):
-        self.files = files
         self.file_of: dict[str, Path] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         for path in files:
@@ -104,7 +103,7 @@ class CheckpointTensors:
         """`rows` of the tensor `key` (a slice is read without loading the rest, from safetensors)."""
         path = self.file_of[key]
         if path != self._open_path:
-            self._open_reader, self._open_path = None, None
+            self._open_reader = None  # unmap the previous file before mapping the next one
             self._open_reader, self._open_path = open_tensor_reader(path), path
         return self._open_reader(key)[rows]
 
@@ -472,7 +471,7 @@ def check_repo_tokenizer(llm_dir: Path, image_token_id: int) -> None:
             ", ".join(PROCESSOR_FILES),
         )
         return
-    tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT)
+    tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT, trust_remote_code=True)
     repo_image_id = tokenizer.convert_tokens_to_ids("<image>")
     if repo_image_id != image_token_id:
         raise ValueError(
@@ -481,9 +480,9 @@ def check_repo_tokenizer(llm_dir: Path, image_token_id: int) -> None:
         )
     if not any((llm_dir / name).exists() for name in TOKENIZER_FILES):
         return
-    repo_vocab = {token: index for token, index in tokenizer.get_vocab().items() if index != image_token_id}
-    llm_vocab = AutoTokenizer.from_pretrained(llm_dir).get_vocab()
-    differing = sorted(set(repo_vocab.items()) ^ set(llm_vocab.items()))
+    repo_vocab = tokenizer.get_vocab().items()
+    llm_vocab = AutoTokenizer.from_pretrained(llm_dir).get_vocab().items()
+    differing = sorted({pair for pair in repo_vocab ^ llm_vocab if pair[1] < image_token_id})
     if differing:
         logger.warning(
             "The LLM folder's tokenizer differs from the repository's in %d token/id pairs (e.g. %s); the "
@@ -492,7 +491,7 @@ def check_repo_tokenizer(llm_dir: Path, image_token_id: int) -> None:
             differing[:3],
         )
     else:
-        logger.info("The LLM folder's tokenizer has the repository's vocabulary (without `<image>`).")
+        logger.info("The LLM folder's tokenizer has the repository's vocabulary, `<image>` aside.")
 
 
 def generation_config_for(llm_dir: Path, config: PreTrainedConfig) -> GenerationConfig:

@@ -6,6 +6,8 @@ The fixtures are tiny models in the original's layout: a Mistral folder (vocab 3
 this repository's model code.
 """
 
+import json
+import logging
 import shutil
 import sys
 
@@ -14,16 +16,18 @@ import torch
 from conftest import IMAGE_TOKEN_ID
 from convert_original_checkpoint import (
     PROJECTOR_PREFIX,
+    check_repo_tokenizer,
     convert_original_checkpoint,
     main,
     original_fusion_groups,
     report_full_model,
 )
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
+    AutoTokenizer,
     CLIPConfig,
     CLIPModel,
     CLIPVisionConfig,
@@ -347,53 +351,64 @@ def test_a_copy_of_the_output_loads_with_auto_processor(converted_dir, tmp_path)
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == IMAGE_TOKEN_ID
 
 
-def test_unpacked_self_attention_layout_converts_to_the_same_tensors(
-    converted_dir, original_dirs, reference_qformer, tmp_path
-):
+def assert_same_tensors(output, reference: dict[str, torch.Tensor], what: str) -> None:
+    converted = saved_tensors(output)
+    assert converted.keys() == reference.keys(), f"{what}: key sets differ: {converted.keys() ^ reference.keys()}"
+    differing = [key for key in reference if not torch.equal(converted[key], reference[key])]
+    assert not differing, f"{what}: tensors differ: {differing[:5]}"
+
+
+def test_unpacked_self_attention_layout_converts_alike(converted_dir, original_dirs, reference_qformer, tmp_path):
     projector = tmp_path / "mm_projector.bin"
     torch.save(unpacked_self_attention(original_projector_state_dict(reference_qformer)), projector)
-    unpacked = saved_tensors(convert(original_dirs, projector, tmp_path / "out", dtype=torch.float32))
-    packed = saved_tensors(converted_dir)
-    assert unpacked.keys() == packed.keys()
-    assert all(torch.equal(unpacked[key], packed[key]) for key in packed)
+    output = convert(original_dirs, projector, tmp_path / "out", dtype=torch.float32)
+    assert_same_tensors(output, saved_tensors(converted_dir), "unpacked self-attention projector")
 
 
-@pytest.mark.parametrize("source_format", ["sharded-llm-and-bin-clip", "full-clip-model", "safetensors-projector"])
-def test_other_source_formats_convert_to_the_same_tensors(
-    converted_dir, original_dirs, projector_file, reference_qformer, tmp_path, source_format
+def test_sharded_llm_and_bin_clip_with_prefixed_keys_convert_alike(
+    converted_dir, original_dirs, projector_file, tmp_path
 ):
-    dirs, projector = dict(original_dirs), projector_file
-    if source_format == "sharded-llm-and-bin-clip":
-        MistralForCausalLM.from_pretrained(dirs["llm"]).save_pretrained(tmp_path / "llm", max_shard_size="1MB")
-        clip_dir = shutil.copytree(dirs["vision"], tmp_path / "clip", ignore=shutil.ignore_patterns("*.safetensors"))
-        old_keys = {
-            f"vision_model.{key}": value for key, value in load_file(dirs["vision"] / "model.safetensors").items()
-        }
-        torch.save(old_keys, clip_dir / "pytorch_model.bin")
-        dirs |= {"llm": tmp_path / "llm", "vision": clip_dir}
-        assert (dirs["llm"] / SAFE_WEIGHTS_INDEX_NAME).exists()
-    elif source_format == "full-clip-model":
-        dirs["vision"] = dirs["full_clip"]
-    else:
-        from safetensors.torch import save_file
+    MistralForCausalLM.from_pretrained(original_dirs["llm"]).save_pretrained(tmp_path / "llm", max_shard_size="1MB")
+    assert (tmp_path / "llm" / SAFE_WEIGHTS_INDEX_NAME).exists()
+    clip_dir = shutil.copytree(
+        original_dirs["vision"], tmp_path / "clip", ignore=shutil.ignore_patterns("*.safetensors")
+    )
+    clip = load_file(original_dirs["vision"] / "model.safetensors")
+    torch.save({f"vision_model.{key}": tensor for key, tensor in clip.items()}, clip_dir / "pytorch_model.bin")
+    sources = {"llm": tmp_path / "llm", "vision": clip_dir}
+    output = convert(sources, projector_file, tmp_path / "out", dtype=torch.float32)
+    assert_same_tensors(output, saved_tensors(converted_dir), "sharded LLM + pytorch_model.bin CLIP")
 
-        projector = tmp_path / "mm_projector.safetensors"
-        save_file(original_projector_state_dict(reference_qformer), projector)
-    other = saved_tensors(convert(dirs, projector, tmp_path / "out", dtype=torch.float32))
-    reference = saved_tensors(converted_dir)
-    if source_format == "full-clip-model":
-        vision = CLIPModel.from_pretrained(dirs["full_clip"]).vision_model.state_dict()
-        reference |= {f"model.vision_tower.{key}": tensor for key, tensor in vision.items()}
-    assert other.keys() == reference.keys()
-    differing = [key for key in reference if not torch.equal(other[key], reference[key])]
-    assert not differing, f"{source_format}: tensors differ: {differing[:5]}"
+
+def test_full_clip_model_folder_gives_its_vision_tower_and_drops_the_text_tower(
+    converted_dir, original_dirs, projector_file, tmp_path
+):
+    output = convert(original_dirs, projector_file, tmp_path / "out", vision="full_clip", dtype=torch.float32)
+    full_clip = load_file(original_dirs["full_clip"] / "model.safetensors")
+    vision = {
+        f"model.vision_tower.{key.removeprefix('vision_model.')}": tensor
+        for key, tensor in full_clip.items()
+        if key.startswith("vision_model.")
+    }
+    assert_same_tensors(output, saved_tensors(converted_dir) | vision, "full CLIPModel folder")
+
+
+def test_safetensors_projector_converts_alike(converted_dir, original_dirs, reference_qformer, tmp_path):
+    projector = tmp_path / "mm_projector.safetensors"
+    save_file(original_projector_state_dict(reference_qformer), projector)
+    output = convert(original_dirs, projector, tmp_path / "out", dtype=torch.float32)
+    assert_same_tensors(output, saved_tensors(converted_dir), "safetensors projector")
 
 
 def test_small_max_shard_size_writes_an_index_that_loads(original_dirs, projector_file, tmp_path):
     output = convert(original_dirs, projector_file, tmp_path / "out", max_shard_size="2MB")
-    shards = sorted(output.glob("model-*.safetensors"))
-    assert len(shards) > 1 and (output / SAFE_WEIGHTS_INDEX_NAME).exists()
-    assert all(path.stat().st_size <= 2_000_000 + 64_000 or len(load_file(path)) == 1 for path in shards)
+    weight_map = json.loads((output / SAFE_WEIGHTS_INDEX_NAME).read_text())["weight_map"]
+    shards = {name: load_file(output / name) for name in set(weight_map.values())}
+    assert len(shards) > 1
+    for name, tensors in shards.items():
+        size = sum(tensor.nbytes for tensor in tensors.values())
+        assert size <= 2_000_000 or len(tensors) == 1, f"{name} holds {size} bytes in {len(tensors)} tensors"
+        assert all(weight_map[key] == name for key in tensors), f"the index misplaces tensors of {name}"
     _, info = AutoModelForImageTextToText.from_pretrained(output, trust_remote_code=True, output_loading_info=True)
     assert not any(info.values()), f"sharded output reported {info}"
 
@@ -480,6 +495,23 @@ def test_missing_inputs_raise_file_not_found(original_dirs, projector_file, tmp_
     empty_llm = shutil.copytree(original_dirs["llm"], tmp_path / "llm", ignore=shutil.ignore_patterns("*.safetensors"))
     with pytest.raises(FileNotFoundError, match="No weights in"):
         convert({**original_dirs, "llm": empty_llm}, projector_file, tmp_path / "out")
+
+
+@pytest.mark.parametrize("renamed", [False, True], ids=["same-vocabulary", "two-ids-swapped"])
+def test_the_llm_folders_own_tokenizer_is_compared_with_the_repositorys(tmp_path, caplog, renamed):
+    from make_tiny_checkpoint import REPO_ROOT
+
+    AutoTokenizer.from_pretrained(REPO_ROOT, trust_remote_code=True).save_pretrained(tmp_path)
+    if renamed:
+        tokenizer_file = tmp_path / "tokenizer.json"
+        tokenizer = json.loads(tokenizer_file.read_text())
+        vocab = tokenizer["model"]["vocab"]
+        vocab["▁of"], vocab["el"] = vocab["el"], vocab["▁of"]
+        tokenizer_file.write_text(json.dumps(tokenizer))
+    with caplog.at_level(logging.INFO, logger="convert_original_checkpoint"):
+        check_repo_tokenizer(tmp_path, IMAGE_TOKEN_ID)
+    expected = "differs from the repository's in 4 token/id pairs" if renamed else "has the repository's vocabulary"
+    assert expected in caplog.text
 
 
 def test_command_line_reports_errors_without_a_traceback(original_dirs, tmp_path, monkeypatch, capsys):
