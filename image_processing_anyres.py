@@ -174,10 +174,11 @@ class VisionZephyrImageProcessor(BaseImageProcessor):
         # Zero padding on the tile axis comes for free from a zeroed buffer; tiles are normalised straight into it.
         pixel_values = np.zeros((len(images), max_tiles_in_batch, 3, tile_size, tile_size), dtype=np.float32)
         resize = resize_fast if fast_resize else resize_like_original
-        for image, grid, out in zip(images, image_grids, pixel_values, strict=True):
-            base_view = resize(image, (tile_size, tile_size), resample)
+        for image, image_size, grid, out in zip(images, image_sizes, image_grids, pixel_values, strict=True):
+            source = channels_last_tensor(image) if fast_resize else image
+            base_view = resize(source, (tile_size, tile_size), resample)
             normalize_tiles(base_view, 1, 1, table, out[:1])
-            canvas = resize_onto_canvas(image, grid, tile_size, resize, resample)
+            canvas = resize_onto_canvas(source, image_size, grid, tile_size, resize, resample)
             normalize_tiles(canvas, *grid, table, out[1 : num_tiles_from_grid(grid)])
         data = {
             "pixel_values": pixel_values,
@@ -349,21 +350,28 @@ def resize_like_original(image: Image.Image, size: tuple[int, int], resample: PI
     return np.asarray(image.resize((width, height), resample))
 
 
-def resize_fast(image: Image.Image, size: tuple[int, int], resample: PILImageResampling) -> np.ndarray:
-    """Torch antialiased bicubic on uint8 (SIMD, channels-last); `resample` is ignored. See `fast_resize`."""
-    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0)
+def channels_last_tensor(image: Image.Image) -> torch.Tensor:
+    """`(1, 3, H, W)` uint8 view of an RGB image in channels-last memory, the layout torch's SIMD resampler wants."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0)
+
+
+def resize_fast(pixels: torch.Tensor, size: tuple[int, int], resample: PILImageResampling) -> np.ndarray:
+    """Torch antialiased bicubic on uint8 to `size = (height, width)`; `resample` is ignored. See `fast_resize`."""
     resized = torch.nn.functional.interpolate(pixels, size=size, mode="bicubic", antialias=True)
     return resized[0].permute(1, 2, 0).numpy()
 
 
-def resize_onto_canvas(image: Image.Image, grid: tuple[int, int], tile_size: int, resize, resample) -> np.ndarray:
+def resize_onto_canvas(
+    source, image_size: tuple[int, int], grid: tuple[int, int], tile_size: int, resize, resample
+) -> np.ndarray:
     """The image scaled to fit the grid's canvas (floor sizes), centred on black, as an `(H, W, 3)` uint8 array."""
+    height, width = image_size
     canvas_height, canvas_width = grid[0] * tile_size, grid[1] * tile_size
-    scale = min(canvas_width / image.width, canvas_height / image.height)
-    new_height, new_width = int(image.height * scale), int(image.width * scale)
+    scale = min(canvas_width / width, canvas_height / height)
+    new_height, new_width = int(height * scale), int(width * scale)
     canvas = np.zeros((canvas_height, canvas_width, 3), dtype=np.uint8)
     top, left = (canvas_height - new_height) // 2, (canvas_width - new_width) // 2
-    canvas[top : top + new_height, left : left + new_width] = resize(image, (new_height, new_width), resample)
+    canvas[top : top + new_height, left : left + new_width] = resize(source, (new_height, new_width), resample)
     return canvas
 
 
