@@ -433,22 +433,17 @@ class _Bitmap:
 class _Label:
     text: str
     font: ImageFont.FreeTypeFont | ImageFont.ImageFont
-    left: int
-    top: int
-    padding: int
+    box: tuple[int, int, int, int]  # the tag behind the text
+    text_origin: tuple[int, int]  # where PIL's text anchor goes so the glyphs sit centred in the tag
 
     def extent(self) -> tuple[int, int, int, int]:
-        text_left, text_top, text_right, text_bottom = self.font.getbbox(self.text)
-        right = self.left + text_right - text_left + 2 * self.padding - 1
-        bottom = self.top + text_bottom - text_top + 2 * self.padding - 1
-        return self.left, self.top, right, bottom
+        return self.box
 
     def paint(self, overlay: Image.Image, origin: tuple[int, int], ink: tuple[int, int, int, int]) -> None:
-        left, top, right, bottom = self.extent()
+        left, top, right, bottom = self.box
         draw = ImageDraw.Draw(overlay)
         draw.rectangle((left - origin[0], top - origin[1], right - origin[0], bottom - origin[1]), fill=ink)
-        text_left, text_top, _, _ = self.font.getbbox(self.text)
-        text_position = (left - origin[0] + self.padding - text_left, top - origin[1] + self.padding - text_top)
+        text_position = (self.text_origin[0] - origin[0], self.text_origin[1] - origin[1])
         draw.text(text_position, self.text, fill=_text_color(ink), font=self.font)
 
 
@@ -534,14 +529,17 @@ def _arrow_marks(prompt: dict, image_size: tuple[int, int]) -> list:
 
 
 def _catmull_rom_path(points: tuple[tuple[float, float], ...], width: int) -> tuple[tuple[int, int], ...]:
-    """Pixels of a uniform Catmull-Rom spline through `points`, sampled about every `max(width, 4)` pixels."""
+    """Pixels of a uniform Catmull-Rom spline through `points`, sampled about every `max(2 * width, 4)` pixels.
+
+    Wide lines get rounded joints, which hide the chords; fewer chords keep PIL's per-joint work small.
+    """
     controls = np.asarray(points, dtype=np.float64)
     # Mirrored end points make the curve start and end along its first and last chords.
     controls = np.concatenate([2 * controls[:1] - controls[1:2], controls, 2 * controls[-1:] - controls[-2:-1]])
     path = [controls[1]]
     for first in range(len(controls) - 3):
         p0, p1, p2, p3 = controls[first : first + 4]
-        samples = max(math.ceil(np.hypot(*(p2 - p1)) / max(width, 4)), 1)
+        samples = max(math.ceil(np.hypot(*(p2 - p1)) / max(2 * width, 4)), 1)
         t = np.arange(1, samples + 1)[:, None] / samples
         path.extend(
             0.5
@@ -553,8 +551,9 @@ def _catmull_rom_path(points: tuple[tuple[float, float], ...], width: int) -> tu
 
 def _mask_bounds(mask: np.ndarray) -> tuple[int, int, int, int]:
     rows = np.flatnonzero(mask.any(axis=1))
-    columns = np.flatnonzero(mask.any(axis=0))
-    return int(columns[0]), int(rows[0]), int(columns[-1]), int(rows[-1])
+    top, bottom = int(rows[0]), int(rows[-1])
+    columns = np.flatnonzero(mask[top : bottom + 1].any(axis=0))
+    return int(columns[0]), top, int(columns[-1]), bottom
 
 
 def _mask_marks(prompt: dict, image_size: tuple[int, int]) -> list:
@@ -632,4 +631,5 @@ def _label_mark(text: str, shape_extent: tuple[int, int, int, int], image_size: 
     tag_top = top - tag_height if top >= tag_height else bottom + 1
     tag_left = min(max(left, 0), max(width - tag_width, 0))
     tag_top = min(max(tag_top, 0), max(height - tag_height, 0))
-    return _Label(text, font, tag_left, tag_top, padding)
+    box = (tag_left, tag_top, tag_left + tag_width - 1, tag_top + tag_height - 1)
+    return _Label(text, font, box, (tag_left + padding - text_left, tag_top + padding - text_top))
