@@ -14,6 +14,7 @@ Local folders work offline; Hub ids are downloaded (weights and configs only) wh
 """
 
 import argparse
+import functools
 import json
 import logging
 import pickle
@@ -84,10 +85,7 @@ VISION_DROPPED = [
 
 
 class CheckpointTensors:
-    """The tensors of one checkpoint (one `.safetensors`/`.bin` file or several shards), read lazily.
-
-    Only one file is open at a time: reading a tensor of another file releases the previous one's memory map.
-    """
+    """The tensors of one checkpoint (one `.safetensors`/`.bin` file or several shards), read lazily."""
 
     def __init__(self, files: list[Path]):
         self.file_of: dict[str, Path] = {}
@@ -96,16 +94,10 @@ class CheckpointTensors:
             for key, shape in tensor_shapes_in_file(path).items():
                 self.file_of[key] = path
                 self.shapes[key] = shape
-        self._open_path: Path | None = None
-        self._open_reader: Callable[[str], object] | None = None
 
     def read(self, key: str, rows: slice) -> torch.Tensor:
-        """`rows` of the tensor `key` (a slice is read without loading the rest, from safetensors)."""
-        path = self.file_of[key]
-        if path != self._open_path:
-            self._open_reader = None  # unmap the previous file before mapping the next one
-            self._open_reader, self._open_path = open_tensor_reader(path), path
-        return self._open_reader(key)[rows]
+        """`rows` of the tensor `key` (from safetensors, without reading the other rows)."""
+        return open_tensor_reader(self.file_of[key])(key)[rows]
 
 
 def load_tensor_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -131,8 +123,11 @@ def tensor_shapes_in_file(path: Path) -> dict[str, tuple[int, ...]]:
     return {key: tuple(tensor.shape) for key, tensor in load_tensor_dict(path).items()}
 
 
+# One file open at a time across all sources: opening the next one unmaps the previous one, whose touched pages would
+# otherwise stay in the resident memory until the end of the conversion.
+@functools.lru_cache(maxsize=1)
 def open_tensor_reader(path: Path) -> Callable[[str], object]:
-    """`key -> sliceable tensor` for one file."""
+    """`key -> sliceable tensor` for one file, memory-mapped."""
     if path.suffix == ".safetensors":
         return safe_open(path, framework="pt").get_slice
     return load_tensor_dict(path).__getitem__
@@ -451,6 +446,7 @@ def write_shards(
                 progress.update(shard[key].numel() * element_size)
             save_file(shard, output_dir / filename, metadata={"format": "pt"})
             del shard
+    open_tensor_reader.cache_clear()
     if split.is_sharded:
         index = {
             "metadata": {"total_parameters": num_parameters, **split.metadata},
