@@ -102,7 +102,7 @@ def randomized(module: nn.Module, seed: int) -> nn.Module:
     with torch.no_grad():
         for name, parameter in module.named_parameters():
             offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-            parameter.copy_(offset + 0.2 * torch.randn(parameter.shape, generator=generator))
+            parameter.copy_(offset + 0.1 * torch.randn(parameter.shape, generator=generator))
     return module.eval()
 
 
