@@ -1,0 +1,301 @@
+"""Train the tiny demo Vision-Zephyr on the shapes task (scripts/demo_task.py) on CPU and save it as a checkpoint.
+
+Every batch is generated fresh from a seeded generator and goes through the same code path as users' inputs: the
+processor draws the red visual prompt, tiles the image (anyres) and expands `<image>`; the prompt is the chat template
+with the question; the loss is the model's own `labels` loss on the answer word and `</s>` only.
+
+    python scripts/train_demo.py --output-dir /tmp/demo-run --steps 3000
+    python scripts/train_demo.py --output-dir /tmp/demo-run --steps 3000 --export demo   # resumes, then exports
+
+Checkpoints (model, optimizer, scheduler, step) are written to `OUTPUT_DIR/state.pt` every `--save-every` steps, so
+a run that is cut off resumes where it stopped. `--export DIR` writes the complete checkpoint folder (config with
+`auto_map`, safetensors, remote-code files, processor and tokenizer files).
+"""
+
+import argparse
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from demo_task import DemoCase, make_case
+from make_tiny_checkpoint import AUTO_MAP, REMOTE_CODE_FILES, REPO_ROOT, load_repo_class
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+
+IGNORE_INDEX = -100
+IMAGE_PROCESSOR_CLASS = "image_processing_anyres.VisionZephyrImageProcessor"
+PROCESSOR_CLASS = "processing_vis_zephyr.VisionZephyrProcessor"
+# The demo's own sizes: 112-px tiles of 8-px patches (14x14 patches per tile), so the smallest shape (15 % of a
+# 200-px side) still spans more than a patch; the original's pinpoint shapes (2x1, 1x2, 3x1, 1x3 tiles, as
+# (height, width)), scaled to the demo's tile.
+TILE_SIZE = 112
+GRID_PINPOINTS = [
+    [2 * TILE_SIZE, TILE_SIZE],
+    [TILE_SIZE, 2 * TILE_SIZE],
+    [3 * TILE_SIZE, TILE_SIZE],
+    [TILE_SIZE, 3 * TILE_SIZE],
+]
+VISION_CONFIG = {
+    "model_type": "clip_vision_model",
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "image_size": TILE_SIZE,
+    "patch_size": 8,
+    "projection_dim": 64,
+}
+TEXT_CONFIG = {
+    "model_type": "mistral",
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 32001,
+    "max_position_embeddings": 1024,
+    "sliding_window": 1024,
+    "pad_token_id": 2,
+}
+PROJECTOR_CONFIG = {
+    "vision_feature_layers": [[1, 2], [3, 4]],
+    "num_query_tokens": 8,
+    "qformer_num_layers": 2,
+    "qformer_num_attention_heads": 4,
+    "tile_size": TILE_SIZE,
+    "image_grid_pinpoints": GRID_PINPOINTS,
+}
+
+
+def demo_config():
+    """The demo model's `VisionZephyrConfig` (with `auto_map`, so the saved folder loads as remote code)."""
+    config = load_repo_class("VisionZephyrConfig")(
+        vision_config=VISION_CONFIG, text_config=TEXT_CONFIG, **PROJECTOR_CONFIG
+    )
+    config.auto_map = dict(AUTO_MAP)
+    return config
+
+
+def conversation(case: DemoCase, with_answer: bool) -> list[dict]:
+    """The chat a user would send about `case` (and, for training, the assistant's answer)."""
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": case.question}]}
+    if not with_answer:
+        return [user]
+    return [user, {"role": "assistant", "content": [{"type": "text", "text": case.answer}]}]
+
+
+def answer_token_count(processor, answer: str) -> int:
+    """Tokens the answer word and `</s>` become after the chat template's `<|assistant|>\\n` (e.g. `tri`,`angle`)."""
+    tokenizer = processor.tokenizer
+    head = tokenizer("<|assistant|>\n", add_special_tokens=False).input_ids
+    full = tokenizer(f"<|assistant|>\n{answer}</s>", add_special_tokens=False).input_ids
+    if full[: len(head)] != head:
+        raise ValueError(f"the answer {answer!r} changes the tokens of the prompt before it: {head} vs {full}")
+    return len(full) - len(head)
+
+
+def encode_cases(processor, cases: list[DemoCase], with_answers: bool) -> dict[str, torch.Tensor]:
+    """Processor inputs for `cases`; with answers, `labels` are -100 everywhere but the answer tokens and `</s>`."""
+    texts = [
+        processor.apply_chat_template(conversation(case, with_answers), add_generation_prompt=not with_answers)
+        for case in cases
+    ]
+    batch = processor(
+        text=texts,
+        images=[case.image for case in cases],
+        visual_prompts=[[case.visual_prompt] for case in cases],
+        padding=True,
+        return_tensors="pt",
+    )
+    if with_answers:
+        # Left padding: every sequence ends with its answer tokens.
+        labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+        for row, case in enumerate(cases):
+            count = answer_token_count(processor, case.answer)
+            labels[row, -count:] = batch["input_ids"][row, -count:]
+        batch["labels"] = labels
+    return dict(batch)
+
+
+def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's own `labels` loss, with logits only where answers are (left padding puts them last).
+
+    The full-vocabulary head over every prompt position would cost more than the rest of the model together; the
+    labels' next-token targets are sliced to the same last positions and given to the loss as `shift_labels`.
+    `labels` itself is still passed whole, so the Q-Former's text conditioning keeps hiding the answer.
+    """
+    labels = batch["labels"]
+    kept = int((labels != IGNORE_INDEX).sum(-1).max()) + 1
+    shift_labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+    return model(**batch, logits_to_keep=kept, shift_labels=shift_labels[:, -kept:].contiguous()).loss
+
+
+def training_batch(processor, seed: int, step: int, batch_size: int) -> dict[str, torch.Tensor]:
+    """The batch of `step`: its own generator, so a resumed run sees the same data as an uninterrupted one."""
+    rng = random.Random(f"{seed}-{step}")
+    return encode_cases(processor, [make_case(rng) for _ in range(batch_size)], with_answers=True)
+
+
+@torch.no_grad()
+def first_token_accuracy(model, processor, cases: list[DemoCase], batch_size: int = 32) -> float:
+    """Share of cases whose answer's first token is the most likely next token after the prompt (fast proxy)."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(cases), batch_size):
+        chunk = cases[start : start + batch_size]
+        batch = encode_cases(processor, chunk, with_answers=False)
+        predicted = model(**batch, logits_to_keep=1).logits[:, -1].argmax(-1)
+        for case, token in zip(chunk, predicted.tolist(), strict=True):
+            correct += token == first_answer_token(processor, case.answer)
+    model.train()
+    return correct / len(cases)
+
+
+def first_answer_token(processor, answer: str) -> int:
+    tokenizer = processor.tokenizer
+    full = tokenizer(f"<|assistant|>\n{answer}", add_special_tokens=False).input_ids
+    return full[len(tokenizer("<|assistant|>\n", add_special_tokens=False).input_ids)]
+
+
+def train(
+    model,
+    processor,
+    output_dir: Path,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    warmup_steps: int,
+    seed: int,
+    save_every: int,
+    eval_every: int,
+    eval_cases: list[DemoCase],
+) -> None:
+    """AdamW with linear warm-up and cosine decay; resumes from `output_dir/state.pt` when it exists."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
+    accelerator = Accelerator(cpu=True)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    state_path = output_dir / "state.pt"
+    start_step = load_state(state_path, model, optimizer, scheduler)
+    log_path = output_dir / "log.tsv"
+    started = time.monotonic()
+    progress = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="training", unit="step")
+    model.train()
+    for step in progress:
+        loss = answer_loss(model, training_batch(processor, seed, step, batch_size))
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+        done = step + 1
+        accuracy = first_token_accuracy(model, processor, eval_cases) if done % eval_every == 0 else math.nan
+        with log_path.open("a") as log:
+            log.write(f"{done}\t{time.monotonic() - started:.1f}\t{loss.item():.4f}\t{accuracy:.4f}\n")
+        if not math.isnan(accuracy):
+            progress.write(f"step {done}: held-out first-token accuracy {accuracy:.3f}")
+        if done % save_every == 0 or done == steps:
+            save_state(state_path, model, optimizer, scheduler, done)
+
+
+def save_state(path: Path, model, optimizer, scheduler, step: int) -> None:
+    """Writes the resumable training state atomically (a cut-off mid-write keeps the previous one)."""
+    partial = path.with_suffix(".partial")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+        },
+        partial,
+    )
+    partial.replace(path)
+
+
+def load_state(path: Path, model, optimizer, scheduler) -> int:
+    """Restores a saved training state; returns the step to continue from (0 without one)."""
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["step"]
+
+
+def demo_processor():
+    """The repository's processor (tokenizer, chat template) with the demo's tile size, pinpoints and query count."""
+    image_processor = get_class_from_dynamic_module(IMAGE_PROCESSOR_CLASS, str(REPO_ROOT))(
+        tile_size=TILE_SIZE, image_grid_pinpoints=GRID_PINPOINTS
+    )
+    return get_class_from_dynamic_module(PROCESSOR_CLASS, str(REPO_ROOT))(
+        image_processor=image_processor,
+        tokenizer=AutoTokenizer.from_pretrained(REPO_ROOT),
+        chat_template=(REPO_ROOT / "chat_template.jinja").read_text(),
+        num_query_tokens=PROJECTOR_CONFIG["num_query_tokens"],
+    )
+
+
+def export_checkpoint(model, processor, export_dir: Path) -> None:
+    """Writes the complete checkpoint folder: weights, config, remote code, processor and tokenizer files."""
+    export_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(export_dir)
+    for name in REMOTE_CODE_FILES:
+        (export_dir / name).write_bytes((REPO_ROOT / name).read_bytes())
+    processor.save_pretrained(export_dir)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", type=Path, default=Path("/tmp/demo-run"), help="training state and log")
+    parser.add_argument("--export", type=Path, help="write the complete checkpoint folder here after training")
+    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training data")
+    parser.add_argument("--save-every", type=int, default=100, help="steps between resumable checkpoints")
+    parser.add_argument("--eval-every", type=int, default=100, help="steps between held-out accuracy checks")
+    parser.add_argument("--eval-cases", type=int, default=128, help="held-out cases of the accuracy check")
+    parser.add_argument("--eval-seed", type=int, default=10_000, help="seed of the held-out cases")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    processor = demo_processor()
+    model = load_repo_class("VisionZephyrForConditionalGeneration")(demo_config())
+    rng = random.Random(args.eval_seed)
+    eval_cases = [make_case(rng) for _ in range(args.eval_cases)]
+    train(
+        model,
+        processor,
+        args.output_dir,
+        args.steps,
+        args.batch_size,
+        args.learning_rate,
+        args.warmup_steps,
+        args.seed,
+        args.save_every,
+        args.eval_every,
+        eval_cases,
+    )
+    if args.export:
+        export_checkpoint(model.eval(), processor, args.export)
+        print(f"demo checkpoint written to {args.export}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The demo model and its task: the generator follows issue 7's rules, and the committed `demo/` checkpoint answers.
+
+The accuracy tests run the whole user path (drawing, tiling, `<image>` expansion, chat template, Q-Former text
+conditioning, `generate()`), so broken wiring anywhere shows up as a drop in accuracy.
+"""
+
+import math
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+from demo_task import PROMPT_TYPES, QUESTIONS, SHAPE_COLORS, SHAPE_KINDS, make_case, make_cases  # noqa: E402
+from eval_demo import accuracy_table, generate_answers, load_demo  # noqa: E402
+
+
+DEMO_DIR = REPO_ROOT / "demo"
+TEST_SEED = 777  # never used in training (training batches use string seeds)
+TEST_CASES = 60
+
+
+@pytest.fixture(scope="module")
+def generated_cases():
+    return make_cases(300, seed=1)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    torch.set_num_threads(2)
+    return load_demo(DEMO_DIR)
+
+
+@pytest.fixture(scope="module")
+def fresh_cases():
+    return make_cases(TEST_CASES, seed=TEST_SEED)
+
+
+def test_same_seed_gives_same_cases():
+    first, second = make_case(random.Random(5)), make_case(random.Random(5))
+    assert first.visual_prompt == second.visual_prompt and first.question == second.question
+    assert first.image.tobytes() == second.image.tobytes(), "the same seed must render the same pixels"
+
+
+def test_canvas_and_shapes_follow_the_task_rules(generated_cases):
+    for case in generated_cases:
+        width, height = case.image.size
+        assert 200 <= width <= 800 and 200 <= height <= 800, f"canvas {case.image.size} outside 200-800 px"
+        assert 2 <= len(case.shapes) <= 4, f"{len(case.shapes)} shapes, expected 2-4"
+        styles = [(shape.kind, shape.color) for shape in case.shapes]
+        assert len(set(styles)) == len(styles), f"two shapes share kind and colour: {styles}"
+        for shape in case.shapes:
+            assert shape.kind in SHAPE_KINDS and shape.color in SHAPE_COLORS
+            assert 0.15 <= shape.size / min(width, height) <= 0.30, f"shape size {shape.size} for {case.image.size}"
+
+
+def test_shapes_do_not_overlap(generated_cases):
+    for case in generated_cases:
+        for index, first in enumerate(case.shapes):
+            for second in case.shapes[index + 1 :]:
+                reach = (first.size + second.size) / math.sqrt(2)
+                assert math.dist((first.x, first.y), (second.x, second.y)) > reach, f"{first} overlaps {second}"
+
+
+def test_questions_answers_and_prompt_types_are_the_fixed_ones(generated_cases):
+    assert {case.question for case in generated_cases} == set(QUESTIONS.values())
+    assert {case.prompt_type for case in generated_cases} == set(PROMPT_TYPES)
+    for case in generated_cases:
+        expected = case.target.kind if case.question_kind == "shape" else case.target.color
+        assert case.answer == expected, f"{case.question!r} about {case.target} answered {case.answer!r}"
+
+
+def test_each_prompt_marks_its_target_only(generated_cases):
+    for case in generated_cases:
+        prompt, target = case.visual_prompt, case.target
+        if prompt["type"] in ("box", "ellipse"):
+            x1, y1, x2, y2 = prompt["xyxy"]
+            left, top, right, bottom = target.xyxy
+            assert x1 < left and y1 < top and x2 > right and y2 > bottom, f"{prompt} does not surround {target}"
+        elif prompt["type"] == "point":
+            assert target.contains(*prompt["xy"]), f"point {prompt['xy']} is not on {target}"
+        else:
+            tail, head = prompt["xyxy"][:2], prompt["xyxy"][2:]
+            assert not target.contains(*head) and not target.contains(*tail), f"arrow {prompt} starts inside"
+            nearest = min(case.shapes, key=lambda shape: math.dist(head, (shape.x, shape.y)))
+            assert nearest is target, f"arrow head {head} is nearer to {nearest} than to {target}"
+
+
+@pytest.mark.skipif(not (DEMO_DIR / "model.safetensors").exists(), reason="demo/ checkpoint not trained yet")
+def test_demo_model_answers_fresh_cases(demo, fresh_cases):
+    model, processor = demo
+    accuracy = accuracy_table(fresh_cases, generate_answers(model, processor, fresh_cases, True, batch_size=20))
+    assert accuracy["overall"] >= 0.80, f"demo accuracy on {TEST_CASES} fresh cases fell to {accuracy}"
+
+
+@pytest.mark.skipif(not (DEMO_DIR / "model.safetensors").exists(), reason="demo/ checkpoint not trained yet")
+def test_demo_model_needs_the_visual_prompt(demo, fresh_cases):
+    model, processor = demo
+    answers = generate_answers(model, processor, fresh_cases, False, batch_size=20)
+    accuracy = accuracy_table(fresh_cases, answers)["overall"]
+    assert accuracy <= 0.60, f"without the red prompt the demo still answers {accuracy:.0%}: it ignores the prompt"
+
+
+@pytest.mark.skipif(not (DEMO_DIR / "model.safetensors").exists(), reason="demo/ checkpoint not trained yet")
+def test_demo_weights_stay_small():
+    size = (DEMO_DIR / "model.safetensors").stat().st_size
+    assert size <= 20 * 2**20, f"demo weights are {size / 2**20:.1f} MiB, the budget is 20 MB"
