@@ -49,6 +49,7 @@ WEIGHT_LAYOUTS = [
     ("model.safetensors.index.json", "model.safetensors"),
     ("pytorch_model.bin.index.json", "pytorch_model.bin"),
 ]
+CHECKPOINT_ONLY_FIELDS = ("architectures", "dtype", "_name_or_path", "transformers_version")
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
 
 # (source key pattern, target keys). Several targets split the source in equal row blocks, in that order
@@ -387,6 +388,11 @@ def check_recipes_fill_the_model(
         )
 
 
+def sub_config_fields(config: PreTrainedConfig) -> dict:
+    """A source config as a sub-config: the architecture only, not the fields of a checkpoint of its own."""
+    return {key: value for key, value in config.to_diff_dict().items() if key not in CHECKPOINT_ONLY_FIELDS}
+
+
 def build_config(
     text_config: PreTrainedConfig,
     vision_config: PreTrainedConfig,
@@ -397,9 +403,11 @@ def build_config(
 ) -> PreTrainedConfig:
     """Our config: the source configs, the vocabulary grown by `<image>`, the original fusion and Q-Former sizes."""
     config_class = load_repo_class("VisionZephyrConfig")
+    # The original pads with EOS when the LLM has no pad token (train.py), and ships `pad_token_id` 2.
+    pad_token_id = text_config.eos_token_id if text_config.pad_token_id is None else text_config.pad_token_id
     config = config_class(
-        vision_config=vision_config.to_diff_dict(),
-        text_config={**text_config.to_diff_dict(), "vocab_size": image_token_id + 1},
+        vision_config=sub_config_fields(vision_config),
+        text_config={**sub_config_fields(text_config), "vocab_size": image_token_id + 1, "pad_token_id": pad_token_id},
         image_token_id=image_token_id,
         vision_feature_layers=original_fusion_groups(vision_config.num_hidden_layers),
         num_query_tokens=sizes.num_queries,

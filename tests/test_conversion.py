@@ -16,6 +16,8 @@ import torch
 from conftest import IMAGE_TOKEN_ID
 from convert_original_checkpoint import (
     PROJECTOR_PREFIX,
+    QFormerSizes,
+    build_config,
     check_repo_tokenizer,
     convert_original_checkpoint,
     main,
@@ -25,6 +27,7 @@ from convert_original_checkpoint import (
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
@@ -241,6 +244,49 @@ def test_converted_config_has_the_original_fusion_sizes_and_image_token(converte
     assert sizes == (QUERIES, BLOCKS, 2 * WIDTH), "Q-Former sizes must come from the projector tensors"
     assert config.qformer_num_attention_heads == 8, "the original's head count is the default"
     assert config.fused_vision_hidden_size == FUSED_WIDTH
+
+
+# Zephyr-7B-beta's config.json as published on the Hub (its sizes are the ones in reference §0).
+ZEPHYR_CONFIG = {
+    "_name_or_path": "mistralai/Mistral-7B-v0.1",
+    "architectures": ["MistralForCausalLM"],
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 32768,
+    "model_type": "mistral",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 10000.0,
+    "sliding_window": 4096,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.35.0",
+    "use_cache": True,
+    "vocab_size": 32000,
+}
+CLIP_L_336 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16}
+
+
+def test_config_built_for_the_7b_sources_is_the_repositorys_config_json(tmp_path):
+    from make_tiny_checkpoint import REPO_ROOT
+
+    (tmp_path / "zephyr").mkdir()
+    (tmp_path / "zephyr" / "config.json").write_text(json.dumps(ZEPHYR_CONFIG))
+    vision = CLIPVisionConfig(**CLIP_L_336, patch_size=14, image_size=336, projection_dim=768)
+    sizes = QFormerSizes(
+        hidden_size=4096, fused_vision_width=5120, num_queries=32, num_blocks=8, intermediate_size=8192
+    )
+    config = build_config(AutoConfig.from_pretrained(tmp_path / "zephyr"), vision, sizes, 8, 32000, torch.bfloat16)
+    config.save_pretrained(tmp_path / "converted")
+    built = json.loads((tmp_path / "converted" / "config.json").read_text())
+    shipped = json.loads((REPO_ROOT / "config.json").read_text())
+    assert built == shipped, "the converter must write the repository's full-model config.json"
 
 
 def test_fusion_groups_count_from_the_last_hidden_state_as_the_original():
