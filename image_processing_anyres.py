@@ -106,7 +106,6 @@ class VisionZephyrImageProcessor(BaseImageProcessor):
     image_std = OPENAI_CLIP_STD
     do_rescale = True
     do_normalize = True
-    do_convert_rgb = True
     tile_size = 336
     image_grid_pinpoints = ORIGINAL_GRID_PINPOINTS
     fast_resize = False
@@ -368,7 +367,8 @@ def resize_onto_canvas(
     height, width = image_size
     canvas_height, canvas_width = grid[0] * tile_size, grid[1] * tile_size
     scale = min(canvas_width / width, canvas_height / height)
-    new_height, new_width = int(height * scale), int(width * scale)
+    # Floor sizes as the original; the original crashed when a side floored to 0 (e.g. 1x2000 images), keep 1 px.
+    new_height, new_width = max(int(height * scale), 1), max(int(width * scale), 1)
     canvas = np.zeros((canvas_height, canvas_width, 3), dtype=np.uint8)
     top, left = (canvas_height - new_height) // 2, (canvas_width - new_width) // 2
     canvas[top : top + new_height, left : left + new_width] = resize(source, (new_height, new_width), resample)

@@ -68,11 +68,14 @@ class VisionZephyrProcessor(ProcessorMixin):
         # Converting here (not only in the image processor) lets the `<image>` count check see every kind of input,
         # including 2-D grayscale arrays that transformers' own flattening rejects.
         if images is not None:
-            input_data_format = kwargs.get("input_data_format")
+            input_data_format = kwargs.get("input_data_format") or kwargs.get("images_kwargs", {}).get(
+                "input_data_format"
+            )
             images = [to_rgb_image(image, input_data_format) for image in flatten_images(images)]
         return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        """The `<image>` run that replaces the image's marker: one placeholder per visual token of its grid."""
         rows, cols = (int(side) for side in image_inputs["image_grids"][image_idx])
         return self.image_token * num_image_tokens((rows, cols), self.num_query_tokens)
 

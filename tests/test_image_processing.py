@@ -122,6 +122,15 @@ def test_16_bit_images_are_scaled_to_8_bits_not_clipped(image_processor):
     assert np.array_equal(image_processor(levels).pixel_values, expected), "numpy uint16"
 
 
+def test_a_side_that_floors_to_zero_keeps_one_pixel_where_the_original_crashed(image_processor):
+    output = image_processor(Image.new("RGB", (1, 2000), (255, 255, 255)), return_tensors="pt")
+    grid_tiles = output.pixel_values[0, 1:]
+    black = grid_tiles[0, :, :1, :1]  # the canvas corner is padding
+    assert output.image_grids.tolist() == [[2, 1]]
+    painted_columns = (grid_tiles != black).any(dim=1).all(dim=1).sum(dim=1).tolist()
+    assert painted_columns == [1, 1], f"expected the image as one 1-px column per tile, got {painted_columns}"
+
+
 def test_max_tiles_restricts_the_grid(image_processor):
     wide = fixture_image(1920, 804)
     assert image_processor(wide).image_grids.tolist() == [[1, 3]]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from transformers import AutoProcessor
@@ -238,6 +238,7 @@ def test_num_multimodal_tokens_agree_with_a_processor_call(processor, photo):
     max_tiles=st.sampled_from([None, 3, 4]),
     question=st.text(alphabet="ab <>|\n", max_size=20),
 )
+@example(width=1, height=673, max_tiles=3, question="")  # a side that floors to 0 px on the canvas
 def test_visual_token_count_is_the_same_for_processor_and_model(
     processor, tiny_model, shared_arithmetic, width, height, max_tiles, question
 ):
