@@ -88,7 +88,8 @@ VISION_DROPPED = [
 class CheckpointTensors:
     """The tensors of one checkpoint (one `.safetensors`/`.bin` file or several shards), read lazily."""
 
-    def __init__(self, files: list[Path]):
+    def __init__(self, name: str, files: list[Path]):
+        self.name = name  # for error messages: "LLM", "CLIP", "projector"
         self.file_of: dict[str, Path] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         for path in files:
@@ -167,7 +168,7 @@ def load_projector(path: Path) -> CheckpointTensors:
     """The original `mm_projector.bin` (or a `.safetensors` with the same keys)."""
     if not path.is_file():
         raise FileNotFoundError(f"Projector file {path} does not exist.")
-    return CheckpointTensors([path])
+    return CheckpointTensors("projector", [path])
 
 
 def vision_config_from(config: PreTrainedConfig) -> PreTrainedConfig:
@@ -203,20 +204,28 @@ class QFormerSizes:
     """Sizes the projector must have: widths from the LLM and CLIP configs, the rest read from its tensors."""
 
     hidden_size: int
-    fused_vision_width: int
+    vision_hidden_size: int
+    num_fusion_groups: int
     num_queries: int | None
     num_blocks: int
     intermediate_size: int | None
 
+    @property
+    def fused_vision_width(self) -> int:
+        return self.num_fusion_groups * self.vision_hidden_size
+
     def describe(self) -> str:
         return (
-            f"LLM hidden size {self.hidden_size} (LLM config), fused vision width {self.fused_vision_width} "
-            f"(= fused groups x CLIP hidden size), {self.num_queries} queries, {self.num_blocks} blocks, "
-            f"FFN width {self.intermediate_size} (from the file)"
+            f"LLM hidden size {self.hidden_size}, fused vision width {self.fused_vision_width} = "
+            f"{self.num_fusion_groups} fused layer groups x CLIP hidden size {self.vision_hidden_size} (from the "
+            f"configs); {self.num_queries} queries, {self.num_blocks} blocks, FFN width {self.intermediate_size} "
+            "(from the file)"
         )
 
 
-def qformer_sizes(shapes: dict[str, tuple[int, ...]], hidden_size: int, fused_vision_width: int) -> QFormerSizes:
+def qformer_sizes(
+    shapes: dict[str, tuple[int, ...]], hidden_size: int, vision_hidden_size: int, num_fusion_groups: int
+) -> QFormerSizes:
     """Reads query count, block count and FFN width from the projector tensors (None when they are missing)."""
     names = {key.removeprefix(PROJECTOR_PREFIX): shape for key, shape in shapes.items()}
     queries = names.get("learned_queries")
@@ -224,7 +233,8 @@ def qformer_sizes(shapes: dict[str, tuple[int, ...]], hidden_size: int, fused_vi
     ffn_rows = [shape[0] for name, shape in names.items() if re.fullmatch(r"blocks\.\d+\.ffn\.0\.weight", name)]
     return QFormerSizes(
         hidden_size=hidden_size,
-        fused_vision_width=fused_vision_width,
+        vision_hidden_size=vision_hidden_size,
+        num_fusion_groups=num_fusion_groups,
         num_queries=queries[0] if queries and len(queries) == 2 else None,
         num_blocks=max(block_indices) + 1 if block_indices else 0,
         intermediate_size=ffn_rows[0] if ffn_rows else None,
@@ -325,56 +335,58 @@ class TensorRecipe:
 
 
 def map_keys(
-    source: CheckpointTensors, rules: KeyRules, dropped: list[str], key_prefix: str = ""
-) -> tuple[dict[str, TensorRecipe], list[str]]:
-    """Recipes for every source tensor a rule renames, and the source keys no rule (or drop pattern) covers."""
+    source: CheckpointTensors,
+    rules: KeyRules,
+    dropped: list[str] = (),
+    source_prefix: str = "",
+    target_prefix: str = "",
+) -> tuple[dict[str, TensorRecipe], list[tuple[str, str]]]:
+    """Recipes for every source tensor a rule renames, and `(source name, key)` of those with no (free) place."""
     recipes, unexpected = {}, []
     for key, shape in source.shapes.items():
-        name = key.removeprefix(key_prefix)
+        name = key.removeprefix(source_prefix)
         if any(re.fullmatch(pattern, name) for pattern in dropped):
             continue
         rule = next(((pattern, targets) for pattern, targets in rules if re.fullmatch(pattern, name)), None)
-        if rule is None:
-            unexpected.append(key)
+        targets = [target_prefix + re.sub(rule[0], target, name) for target in rule[1]] if rule else []
+        if not targets or any(target in recipes for target in targets):
+            unexpected.append((source.name, key))
             continue
-        pattern, targets = rule
         rows_per_target = shape[0] // len(targets)
         for index, target in enumerate(targets):
             rows = slice(index * rows_per_target, (index + 1) * rows_per_target) if len(targets) > 1 else slice(None)
-            recipes[re.sub(pattern, target, name)] = TensorRecipe(source, key, rows)
+            recipes[target] = TensorRecipe(source, key, rows)
     return recipes, unexpected
-
-
-def projector_recipes(projector: CheckpointTensors) -> dict[str, TensorRecipe]:
-    recipes, unexpected = map_keys(projector, PROJECTOR_RULES, [], PROJECTOR_PREFIX)
-    if unexpected:  # validate_projector has reported these already; this guards the rule table
-        raise ValueError(f"No conversion rule for projector keys {unexpected}.")
-    return {f"model.multi_modal_projector.{name}": recipe for name, recipe in recipes.items()}
 
 
 def conversion_recipes(
     llm: CheckpointTensors, vision: CheckpointTensors, projector: CheckpointTensors
-) -> tuple[dict[str, TensorRecipe], list[str]]:
-    """Recipes for the whole converted model, plus every source key that has no place in it."""
+) -> tuple[dict[str, TensorRecipe], list[tuple[str, str]]]:
+    """Recipes for the whole converted model, plus every source tensor that has no place in it."""
     llm_recipes, llm_unexpected = map_keys(llm, LLM_RULES, LLM_DROPPED)
     vision_recipes, vision_unexpected = map_keys(vision, VISION_RULES, VISION_DROPPED)
+    projector_recipes, projector_unexpected = map_keys(
+        projector, PROJECTOR_RULES, source_prefix=PROJECTOR_PREFIX, target_prefix="model.multi_modal_projector."
+    )
     for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
         if key in llm_recipes:
             llm_recipes[key] = TensorRecipe(llm, llm_recipes[key].key, append_mean_row=True)
-    unexpected = [f"LLM {key}" for key in llm_unexpected] + [f"CLIP {key}" for key in vision_unexpected]
-    return {**vision_recipes, **projector_recipes(projector), **llm_recipes}, unexpected
+    unexpected = llm_unexpected + vision_unexpected + projector_unexpected
+    return {**vision_recipes, **projector_recipes, **llm_recipes}, unexpected
 
 
 def check_recipes_fill_the_model(
-    recipes: dict[str, TensorRecipe], target_shapes: dict[str, torch.Size], unexpected_sources: list[str]
+    recipes: dict[str, TensorRecipe], target_shapes: dict[str, torch.Size], unexpected_sources: list[tuple[str, str]]
 ) -> None:
-    """Every tensor of the model comes from exactly one source tensor of the right shape, and no source is lost."""
+    """Every tensor of the model comes from one source tensor of the right shape, and no source is left over."""
     problems = [
         f"missing {key} {format_shape(tuple(shape))}" for key, shape in target_shapes.items() if key not in recipes
     ]
-    problems += [f"source tensor with no place in the model: {key}" for key in unexpected_sources]
+    problems += [f"{source} tensor {key} has no place in the model" for source, key in unexpected_sources]
     problems += [
-        f"source tensor {recipes[key].key} maps to unknown {key}" for key in recipes if key not in target_shapes
+        f"{recipe.source.name} tensor {recipe.key} has no place in the model (it would be {key})"
+        for key, recipe in recipes.items()
+        if key not in target_shapes
     ]
     problems += [
         f"{key} (from {recipe.key}): shape {format_shape(recipe.shape())}, expected {format_shape(tuple(target_shapes[key]))}"
@@ -383,7 +395,7 @@ def check_recipes_fill_the_model(
     ]
     if problems:
         raise ValueError(
-            f"The LLM and CLIP checkpoints do not fill the converted model; {len(problems)} problem(s):\n  "
+            f"The source checkpoints do not fill the converted model; {len(problems)} problem(s):\n  "
             + "\n  ".join(problems)
         )
 
@@ -560,15 +572,15 @@ def convert_original_checkpoint(
     text_config = AutoConfig.from_pretrained(llm_dir)
     vision_config = vision_config_from(AutoConfig.from_pretrained(vision_dir))
     fusion_groups = original_fusion_groups(vision_config.num_hidden_layers)
-    sizes = qformer_sizes(projector.shapes, text_config.hidden_size, len(fusion_groups) * vision_config.hidden_size)
+    sizes = qformer_sizes(projector.shapes, text_config.hidden_size, vision_config.hidden_size, len(fusion_groups))
     validate_projector(projector, sizes, projector_path)
     image_token_id = text_config.vocab_size  # `<image>` is the one token appended to the LLM's vocabulary
     check_repo_tokenizer(llm_dir, image_token_id)
     config = build_config(text_config, vision_config, sizes, qformer_heads, image_token_id, dtype)
 
     target_shapes = target_shapes_on_meta_device(config)
-    llm_tensors = CheckpointTensors(checkpoint_files(llm_dir))
-    vision_tensors = CheckpointTensors(checkpoint_files(vision_dir))
+    llm_tensors = CheckpointTensors("LLM", checkpoint_files(llm_dir))
+    vision_tensors = CheckpointTensors("CLIP", checkpoint_files(vision_dir))
     recipes, unexpected = conversion_recipes(llm_tensors, vision_tensors, projector)
     check_recipes_fill_the_model(recipes, target_shapes, unexpected)
     split = plan_shards(target_shapes, dtype, max_shard_size)

@@ -280,7 +280,12 @@ def test_config_built_for_the_7b_sources_is_the_repositorys_config_json(tmp_path
     (tmp_path / "zephyr" / "config.json").write_text(json.dumps(ZEPHYR_CONFIG))
     vision = CLIPVisionConfig(**CLIP_L_336, patch_size=14, image_size=336, projection_dim=768)
     sizes = QFormerSizes(
-        hidden_size=4096, fused_vision_width=5120, num_queries=32, num_blocks=8, intermediate_size=8192
+        hidden_size=4096,
+        vision_hidden_size=1024,
+        num_fusion_groups=5,
+        num_queries=32,
+        num_blocks=8,
+        intermediate_size=8192,
     )
     config = build_config(AutoConfig.from_pretrained(tmp_path / "zephyr"), vision, sizes, 8, 32000, torch.bfloat16)
     config.save_pretrained(tmp_path / "converted")
@@ -533,6 +538,22 @@ def test_projector_widths_must_match_the_llm_and_clip(original_dirs, tmp_path, w
     projector = OriginalQFormer(width=width, vision_width=vision_width)
     with pytest.raises(ValueError, match=message):
         convert(original_dirs, write_projector(original_projector_state_dict(projector), tmp_path), tmp_path / "out")
+
+
+def test_llm_and_clip_tensors_that_do_not_fit_are_all_reported(original_dirs, projector_file, tmp_path):
+    llm_dir = shutil.copytree(original_dirs["llm"], tmp_path / "llm")
+    llm = load_file(llm_dir / "model.safetensors")
+    del llm["model.norm.weight"]
+    save_file({**llm, "model.extra_adapter.weight": torch.zeros(2)}, llm_dir / "model.safetensors")
+    clip_dir = shutil.copytree(original_dirs["vision"], tmp_path / "clip")
+    clip = load_file(clip_dir / "model.safetensors")
+    save_file({**clip, "vision_model.gate.weight": torch.zeros(2)}, clip_dir / "model.safetensors")
+    with pytest.raises(ValueError) as error:
+        convert({"llm": llm_dir, "vision": clip_dir}, projector_file, tmp_path / "out")
+    message = str(error.value)
+    assert "missing model.language_model.norm.weight [64]" in message
+    assert "LLM tensor model.extra_adapter.weight has no place in the model" in message
+    assert "CLIP tensor vision_model.gate.weight has no place in the model" in message
 
 
 def test_missing_inputs_raise_file_not_found(original_dirs, projector_file, tmp_path):
