@@ -69,11 +69,16 @@ def tiny_config(projector_type: str = "qformer", **overrides):
     return config
 
 
-def copy_code_and_processor_files(output_dir: Path) -> None:
+def copy_code_and_processor_files(output_dir: Path, visual_tokens_per_tile: int | None = None) -> None:
+    """Copies the remote-code files and saves the repository's processor (re-targeted to the model's tokens per tile)."""
     for name in REMOTE_CODE_FILES:
         shutil.copy2(REPO_ROOT / name, output_dir / name)
     if all((REPO_ROOT / name).exists() for name in PROCESSOR_FILES):
-        AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True).save_pretrained(output_dir)
+        processor = AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True)
+        if visual_tokens_per_tile is not None:
+            # `<image>` expands by the model's tokens per tile: its queries, or every patch for the MLP projector.
+            processor.num_query_tokens = visual_tokens_per_tile
+        processor.save_pretrained(output_dir)
 
 
 def make_tiny_checkpoint(output_dir: Path, seed: int = 0, projector_type: str = "qformer") -> Path:
@@ -83,7 +88,7 @@ def make_tiny_checkpoint(output_dir: Path, seed: int = 0, projector_type: str = 
     model = model_class(tiny_config(projector_type)).eval()
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
-    copy_code_and_processor_files(output_dir)
+    copy_code_and_processor_files(output_dir, model.model.visual_tokens_per_tile)
     return output_dir
 
 
