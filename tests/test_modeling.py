@@ -225,14 +225,17 @@ def test_logits_to_keep_returns_only_the_last_positions(tiny_model):
     torch.testing.assert_close(last[:, 0], full[:, -1])
 
 
-def test_mlp_projector_variant_runs(tiny_mlp_checkpoint):
+def test_mlp_projector_variant_runs_through_its_processor(tiny_mlp_checkpoint):
+    from PIL import Image
+    from transformers import AutoProcessor
+
     model = AutoModelForImageTextToText.from_pretrained(tiny_mlp_checkpoint, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(tiny_mlp_checkpoint, trust_remote_code=True)
+    inputs = processor(text="<image>\nWhat is this?", images=Image.new("RGB", (640, 480)), return_tensors="pt")
     patches_per_tile = (336 // 14) ** 2
-    input_ids = torch.tensor([[1, 5, *([IMAGE_TOKEN_ID] * patches_per_tile * 3), 7, 8]])
-    output = model.generate(
-        input_ids=input_ids, **image_inputs([(1, 2)]), max_new_tokens=2, do_sample=False, pad_token_id=2
-    )
-    assert output.shape[1] == input_ids.shape[1] + 2
+    assert (inputs["input_ids"] == IMAGE_TOKEN_ID).sum() == patches_per_tile * 3
+    output = model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=2)
+    assert output.shape[1] == inputs["input_ids"].shape[1] + 2
 
 
 def test_placeholder_count_mismatch_raises_a_clear_error(tiny_model):
