@@ -471,6 +471,10 @@ def test_default_dtype_writes_bfloat16(converted_dir, original_dirs, projector_f
     assert all(torch.equal(bf16[key], fp32[key].to(torch.bfloat16)) for key in fp32)
 
 
+class PickledObject:
+    """Anything but tensors: loading it would need to unpickle code."""
+
+
 def write_projector(state_dict, tmp_path):
     path = tmp_path / "mm_projector.bin"
     torch.save(state_dict, path)
@@ -515,7 +519,12 @@ def test_a_wrong_projector_key_raises_a_clear_error(original_dirs, reference_qfo
 
 @pytest.mark.parametrize(
     "content, message",
-    [([torch.zeros(2)], "holds a list, expected a dict of tensors"), ({"a": 1}, r"not tensors: \{'a': 'int'\}")],
+    [
+        ([torch.zeros(2)], "holds a list, expected a dict of tensors"),
+        ({"a": 1}, r"not tensors: \{'a': 'int'\}"),
+        ({"model.mm_projector.norm.weight": PickledObject()}, r"cannot be read .* torch\.load\(weights_only=True"),
+    ],
+    ids=["list", "dict-of-int", "pickled-object"],
 )
 def test_a_projector_that_is_not_a_dict_of_tensors_raises(original_dirs, tmp_path, content, message):
     with pytest.raises(ValueError, match=message):
