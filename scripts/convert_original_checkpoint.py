@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import snapshot_download
 from huggingface_hub.serialization import StateDictSplit, split_state_dict_into_shards_factory
 from make_tiny_checkpoint import AUTO_MAP, PROCESSOR_FILES, REPO_ROOT, copy_code_and_processor_files, load_repo_class
 from safetensors import safe_open
@@ -148,16 +148,18 @@ def checkpoint_files(folder: Path) -> list[Path]:
 
 
 def resolve_model_folder(name_or_path: str) -> Path:
-    """A local folder as is; otherwise a Hub repository, downloaded (configs and one weight format) on first use."""
+    """A local folder as is; otherwise a Hub repository: configs and safetensors (else `.bin`), from the cache when
+    already downloaded (also with `HF_HUB_OFFLINE=1`)."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is a file; pass the model folder that holds config.json and weights.")
         return path
     try:
-        repo_files = HfApi().list_repo_files(name_or_path)
-        weights = "*.safetensors" if any(name.endswith(".safetensors") for name in repo_files) else "*.bin"
-        return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.model", weights]))
+        folder = Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.model", "*.safetensors"]))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.model", "*.bin"]))
+        return folder
     except Exception as error:
         raise FileNotFoundError(
             f"{name_or_path!r} is neither a local folder nor a downloadable Hub repository ({error})."

@@ -23,6 +23,7 @@ from convert_original_checkpoint import (
     main,
     original_fusion_groups,
     report_full_model,
+    resolve_model_folder,
 )
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -588,6 +589,21 @@ def test_the_llm_folders_own_tokenizer_is_compared_with_the_repositorys(tmp_path
         check_repo_tokenizer(tmp_path, IMAGE_TOKEN_ID)
     expected = "differs from the repository's in 4 token/id pairs" if renamed else "has the repository's vocabulary"
     assert expected in caplog.text
+
+
+def test_hub_ids_resolve_from_the_local_cache_offline(original_dirs, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    commit = "0" * 40
+    cached_repo = tmp_path / "models--someorg--tiny-zephyr"
+    (cached_repo / "refs").mkdir(parents=True)
+    (cached_repo / "refs" / "main").write_text(commit)
+    shutil.copytree(original_dirs["llm"], cached_repo / "snapshots" / commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert resolve_model_folder("someorg/tiny-zephyr") == cached_repo / "snapshots" / commit
+    with pytest.raises(FileNotFoundError, match="'someorg/missing' is neither a local folder nor"):
+        resolve_model_folder("someorg/missing")
 
 
 def test_command_line_reports_errors_without_a_traceback(original_dirs, tmp_path, monkeypatch, capsys):
