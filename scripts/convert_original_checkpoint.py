@@ -455,6 +455,12 @@ def plan_shards(target_shapes: dict[str, torch.Size], dtype: torch.dtype, max_sh
     )
 
 
+def remove_earlier_weights(output_dir: Path) -> None:
+    """Weights of an earlier run would shadow or mix with the new ones; `save_pretrained` removes them too."""
+    for path in output_dir.glob("model*.safetensors*"):
+        path.unlink()
+
+
 def write_shards(
     recipes: dict[str, TensorRecipe], split: StateDictSplit, dtype: torch.dtype, output_dir: Path, num_parameters: int
 ) -> None:
@@ -588,7 +594,9 @@ def convert_original_checkpoint(
     split = plan_shards(target_shapes, dtype, max_shard_size)
     logger.info("Converted model:\n%s", describe_layout(target_shapes, split))
 
+    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_earlier_weights(output_dir)
     write_shards(recipes, split, dtype, output_dir, sum(shape.numel() for shape in target_shapes.values()))
     config.save_pretrained(output_dir)
     generation_config_for(llm_dir, config).save_pretrained(output_dir)

@@ -465,6 +465,12 @@ def test_small_max_shard_size_writes_an_index_that_loads(original_dirs, projecto
     assert not any(info.values()), f"sharded output reported {info}"
 
 
+def test_converting_again_into_the_same_folder_replaces_the_earlier_weights(original_dirs, projector_file, tmp_path):
+    convert(original_dirs, projector_file, tmp_path / "out", max_shard_size="2MB")
+    output = convert(original_dirs, projector_file, tmp_path / "out", dtype=torch.float32)
+    assert [path.name for path in output.glob("model*.safetensors*")] == ["model.safetensors"]
+
+
 def test_default_dtype_writes_bfloat16(converted_dir, original_dirs, projector_file, tmp_path):
     bf16 = saved_tensors(convert(original_dirs, projector_file, tmp_path / "out"))
     fp32 = saved_tensors(converted_dir)
