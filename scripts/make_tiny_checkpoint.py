@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor
+from transformers import AutoProcessor, GenerationConfig
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 
@@ -86,6 +86,7 @@ def make_tiny_checkpoint(output_dir: Path, seed: int = 0, projector_type: str = 
     torch.manual_seed(seed)
     model_class = get_class_from_dynamic_module(AUTO_MAP["AutoModelForImageTextToText"], str(REPO_ROOT))
     model = model_class(tiny_config(projector_type)).eval()
+    model.generation_config = GenerationConfig.from_pretrained(REPO_ROOT)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     copy_code_and_processor_files(output_dir, model.model.visual_tokens_per_tile)
