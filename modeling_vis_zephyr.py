@@ -443,6 +443,31 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
         image_features = torch.cat(image_outputs.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
         return image_features, placeholder_mask
 
+    def check_prompt(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor | None, has_images: bool
+    ) -> None:
+        """Rejects prompts the model cannot read: placeholders without images, or longer than the LLM's context.
+
+        Without this, `<image>` placeholders would enter the LLM as the bare `<image>` embedding (garbage answers),
+        and positions past `max_position_embeddings` would run silently off the trained range.
+        """
+        if input_ids is not None and not has_images:
+            num_placeholders = int((input_ids == self.config.image_token_id).sum())
+            if num_placeholders:
+                raise ValueError(
+                    f"`input_ids` hold {num_placeholders} `<image>` placeholder tokens but no `pixel_values` were "
+                    "given: pass the processor's `pixel_values` and `image_grids` with them (e.g. "
+                    "`model.generate(**processor(text=..., images=...))`), or remove the image from the prompt."
+                )
+        prompt_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        max_length = self.config.text_config.max_position_embeddings
+        if prompt_length > max_length:
+            raise ValueError(
+                f"The prompt is {prompt_length} tokens (visual tokens included) but the language model's context is "
+                f"`max_position_embeddings={max_length}`: shorten the text, pass fewer images or a smaller "
+                "`max_tiles` to the processor."
+            )
+
     @can_return_tuple
     def forward(
         self,
@@ -471,11 +496,14 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        has_images = pixel_values is not None and pixel_values.shape[0] > 0
+        if past_key_values is None or past_key_values.get_seq_length() == 0:
+            self.check_prompt(input_ids, inputs_embeds, has_images)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         image_features = None
-        if pixel_values is not None and pixel_values.shape[0] > 0:
+        if has_images:
             image_features, placeholder_mask = self.encode_images(
                 pixel_values, image_sizes, image_grids, input_ids, inputs_embeds, attention_mask, labels
             )
