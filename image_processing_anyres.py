@@ -9,12 +9,13 @@ into `tile_size` tiles (row-major), after a base view that is the whole image sq
 then CLIP normalisation with the exact float32 arithmetic of transformers' CLIP image processor.
 """
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature, select_best_resolution
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, load_image
 from transformers.processing_utils import ImagesKwargs, Unpack
@@ -253,7 +254,7 @@ def _iterate_images(images):
         for entry in images:
             yield from _iterate_images(entry)
     elif isinstance(images, str):
-        yield load_image(images)
+        yield open_image_source(images)
     elif isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         yield from images
     elif isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
@@ -263,6 +264,41 @@ def _iterate_images(images):
             "images: expected a PIL image, numpy array, torch tensor, path or URL (or a list of them), "
             f"got {type(images).__name__}"
         )
+
+
+def open_image_source(source: str) -> Image.Image:
+    """Opens a local file, an http(s) URL or base64 image data, upright (EXIF orientation applied), in its own mode.
+
+    Local files are opened here rather than by transformers' `load_image`, which converts to RGB straight away and
+    so clips 16-bit images; `to_rgb_image` does that conversion instead.
+
+    Raises:
+        `ValueError` naming `images` when the source is missing, unreadable (truncated, not an image), or has more
+        pixels than PIL's decompression-bomb limit `PIL.Image.MAX_IMAGE_PIXELS`.
+    """
+    shown = source if len(source) <= 80 else f"{source[:77]}..."
+    try:
+        if not os.path.isfile(source):
+            return load_image(source)  # URL or base64: transformers' loader, already upright and RGB
+        with Image.open(source) as opened:
+            if Image.MAX_IMAGE_PIXELS and opened.width * opened.height > Image.MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(
+                    f"{opened.width}x{opened.height} pixels is more than PIL.Image.MAX_IMAGE_PIXELS="
+                    f"{Image.MAX_IMAGE_PIXELS}"
+                )
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"images: {shown!r} is too large to decode safely ({error}); downscale it, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+        ) from error
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"images: cannot read an image from {shown!r}; expected an existing image file, an http(s) URL or "
+            f"base64 image data ({type(error).__name__}: {error})"
+        ) from error
+    return image
 
 
 def to_rgb_image(image, input_data_format: str | None = None) -> Image.Image:
@@ -283,6 +319,10 @@ def to_rgb_image(image, input_data_format: str | None = None) -> Image.Image:
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise ValueError(f"images: got an empty image of size {image.size}")
+        try:
+            image.load()  # an opened file decodes lazily: report a truncated or corrupt one here
+        except OSError as error:
+            raise ValueError(f"images: cannot decode the image ({error}); the file is truncated or corrupt") from error
         if image.mode == "RGB":
             return image
         if image.mode.startswith("I"):  # 16/32-bit integer: PIL's own conversion would clip at 255.
