@@ -23,6 +23,9 @@ from .visual_prompts import draw_visual_prompts
 
 # Keys of a chat image block that hold the image, in the order `ProcessorMixin` collects them.
 IMAGE_SOURCE_KEYS = ("image", "url", "path", "base64")
+# What the chat template renders: anything else would be dropped from the prompt silently.
+CHAT_ROLES = ("system", "user", "assistant")
+CONTENT_BLOCK_TYPES = ("text", "image")
 
 
 class VisionZephyrProcessor(ProcessorMixin):
@@ -65,6 +68,7 @@ class VisionZephyrProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        check_text(text)
         # Converting here (not only in the image processor) lets the `<image>` count check see every kind of input,
         # including 2-D grayscale arrays that transformers' own flattening rejects.
         if images is not None:
@@ -73,6 +77,11 @@ class VisionZephyrProcessor(ProcessorMixin):
             )
             images = [to_rgb_image(image, input_data_format) for image in flatten_images(images)]
         return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        """`ProcessorMixin.apply_chat_template` after checking the conversation (see `check_conversation`)."""
+        check_conversation(conversation)
+        return super().apply_chat_template(conversation, *args, **kwargs)
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         """The `<image>` run that replaces the image's marker: one placeholder per visual token of its grid."""
@@ -131,6 +140,59 @@ class VisionZephyrProcessor(ProcessorMixin):
             num_image_tokens=[num_image_tokens(grid, self.num_query_tokens) for grid in grids],
             num_image_patches=[num_tiles_from_grid(grid) for grid in grids],
         )
+
+
+def check_text(text) -> None:
+    """Rejects a `text` argument that is neither a str nor a non-empty list of str (the tokenizer's errors are opaque)."""
+    if text is None or isinstance(text, str):
+        return
+    if not isinstance(text, (list, tuple)) or not all(isinstance(sample, str) for sample in text):
+        raise TypeError(f"text: expected a str or a list of str, got {text!r:.80}")
+    if not text:
+        raise ValueError("text: got an empty list, expected a str or a non-empty list of str")
+
+
+def check_conversation(conversation) -> None:
+    """Checks a chat (or a batch of chats) against what the model was trained on.
+
+    Raises:
+        `TypeError` or `ValueError` naming the message (and block) when a message is not a dict, has a role other
+        than `system` (first message only), `user` and `assistant`, or content other than a str or a list of
+        `{"type": "text", "text": str}` and `{"type": "image", ...}` blocks. Such input would otherwise be dropped
+        from the prompt without a word (e.g. a video block) or fail deep inside the template.
+    """
+    if not isinstance(conversation, (list, tuple)) or not conversation:
+        raise TypeError(f"conversation: expected a non-empty list of messages, got {conversation!r:.80}")
+    if isinstance(conversation[0], (list, tuple)):
+        for chat in conversation:
+            check_conversation(chat)
+        return
+    for index, message in enumerate(conversation):
+        where = f"conversation[{index}]"
+        if not isinstance(message, Mapping):
+            raise TypeError(f"{where}: expected a dict with 'role' and 'content', got {message!r:.80}")
+        allowed_roles = CHAT_ROLES if index == 0 else CHAT_ROLES[1:]
+        if message.get("role") not in allowed_roles:
+            raise ValueError(
+                f"{where}['role']: expected 'user' and 'assistant' turns after an optional first 'system' message, "
+                f"got {message.get('role')!r}"
+            )
+        content = message.get("content")
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, (list, tuple)):
+            raise TypeError(f"{where}['content']: expected a str or a list of content blocks, got {content!r:.80}")
+        for block_index, block in enumerate(content):
+            check_content_block(block, f"{where}['content'][{block_index}]")
+
+
+def check_content_block(block, where: str) -> None:
+    if not isinstance(block, Mapping) or block.get("type") not in CONTENT_BLOCK_TYPES:
+        raise ValueError(
+            f"{where}: expected a {{'type': 'text', 'text': ...}} or {{'type': 'image', ...}} block, got {block!r:.80}"
+        )
+    if block["type"] == "text" and not isinstance(block.get("text"), str):
+        raise TypeError(f"{where}['text']: expected a str, got {block.get('text')!r:.80}")
 
 
 VisionZephyrProcessor.register_for_auto_class()
