@@ -1,0 +1,48 @@
+"""A `Trainer` data collator for Vision-Zephyr chats: images included, loss on the assistant's answers only.
+
+Nothing here is model-specific glue: the processor's chat template marks assistant turns with `{% generation %}`,
+so `apply_chat_template(..., return_assistant_tokens_mask=True)` already says which tokens are the answer (its text
+and its `</s>`), `<image>` expansion included. The collator only turns that mask into `labels`.
+
+    from collator import ChatCollator
+    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=ChatCollator(processor))
+
+where every example is `{"messages": [...]}` in the chat format of `apply_chat_template` (image blocks may carry
+`visual_prompts`). Pass `remove_unused_columns=False` in `TrainingArguments`: the examples are not model inputs yet.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ChatCollator:
+    """Batches chat examples into model inputs with `labels` = the assistant tokens, `-100` everywhere else.
+
+    Args:
+        processor (`VisionZephyrProcessor`):
+            The model's processor (left padding by default, which training is indifferent to: RoPE is relative).
+        messages_key (`str`, *optional*, defaults to `"messages"`):
+            Key of the conversation in every example.
+    """
+
+    processor: Any
+    messages_key: str = "messages"
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.processor.apply_chat_template(
+            [example[self.messages_key] for example in examples],
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            padding=True,
+            return_assistant_tokens_mask=True,
+        )
+        assistant_mask = batch.pop("assistant_masks").bool()
+        batch["labels"] = batch["input_ids"].masked_fill(~assistant_mask, IGNORE_INDEX)
+        return dict(batch)
