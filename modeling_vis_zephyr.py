@@ -259,6 +259,16 @@ class VisionZephyrPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
 
+    @classmethod
+    def from_pretrained(cls, *args, use_safetensors: bool | None = True, **kwargs):
+        """`PreTrainedModel.from_pretrained`, reading weights from safetensors only unless told otherwise.
+
+        transformers falls back to a pickled `pytorch_model.bin` when a folder has no safetensors; Vision-Zephyr
+        checkpoints always ship safetensors, so that fallback is off. `use_safetensors=False` turns it back on
+        (the file is then read with `torch.load(weights_only=True)`, which refuses pickled code).
+        """
+        return super().from_pretrained(*args, use_safetensors=use_safetensors, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
