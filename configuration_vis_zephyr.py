@@ -1,10 +1,33 @@
 """Vision-Zephyr configuration: CLIP vision tower + Q-Former projector + Mistral (Zephyr) decoder."""
 
-from typing import Literal
+import re
 
-from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+import transformers
+
+
+# The oldest transformers the remote code works with (requirements.txt pins the tested 5.23.0). This file is the first
+# that `trust_remote_code` imports, so the check runs before any import that an older release would fail on.
+MINIMUM_TRANSFORMERS_VERSION = (5, 23)
+
+
+def check_transformers_version(installed: str) -> None:
+    """Raises an `ImportError` naming both versions when `installed` is older than `MINIMUM_TRANSFORMERS_VERSION`."""
+    required = ".".join(map(str, MINIMUM_TRANSFORMERS_VERSION))
+    match = re.match(r"(\d+)\.(\d+)", installed)
+    if match is None or tuple(map(int, match.groups())) < MINIMUM_TRANSFORMERS_VERSION:
+        raise ImportError(
+            f"Vision-Zephyr needs transformers>={required}, but transformers {installed} is installed. "
+            f"Upgrade with `pip install -U 'transformers>={required}'`."
+        )
+
+
+check_transformers_version(transformers.__version__)
+
+from typing import Literal  # noqa: E402
+
+from huggingface_hub.dataclasses import strict  # noqa: E402
+from transformers import AutoConfig, PreTrainedConfig  # noqa: E402
+from transformers.configuration_utils import SubConfigSpec  # noqa: E402
 
 
 # The trained original averages CLIP layers 4-8, 9-13, 14-18, 19-23 and appends layer 24 (hidden_states indices).
