@@ -22,7 +22,8 @@ Style keys, all optional:
   the original's random mask opacities, 48-128 out of 255) so that the object stays visible under the fill.
 - `width` / `radius` in pixels. Defaults scale with the image as the original's fixed-style rule, with
   `s = max(width, height) / 336`: line width `max(int(3 * s), 1)`, point radius `max(int(8 * s), 1)`. Unlike the
-  original, an explicit value is used as given (the original multiplied it by `s` as well).
+  original, an explicit value is used as given (the original multiplied it by `s` as well), up to
+  `2 * (width + height)` of the image, where a stroke or disc already covers all of it; larger values are capped.
 - `label`: a short text drawn in a tag of the prompt's colour just above the shape's top-left corner (below the
   shape, or inside the image, when there is no room), Set-of-Mark style, with PIL's default font scaled like `width`.
 
@@ -218,7 +219,10 @@ def _validated_prompt(prompt, index: int, image_size: tuple[int, int]) -> dict:
     validated["alpha"] = _checked_alpha(prompt.get("alpha", default_alpha), f"{where}['alpha']")
     if size_key:
         default_size = _default_size(size_key, image_size)
-        validated[size_key] = _checked_size(prompt.get(size_key, default_size), f"{where}[{size_key!r}]")
+        size = _checked_size(prompt.get(size_key, default_size), f"{where}[{size_key!r}]")
+        # A stroke or disc this wide already covers the whole image; larger values made PIL overflow its C ints
+        # (width >= 2**31) or spend minutes on a disc far bigger than the image (radius 10**7: ~1 min).
+        validated[size_key] = min(size, _max_size(image_size))
     validated["label"] = _checked_label(prompt.get("label"), f"{where}['label']")
     return validated
 
@@ -235,6 +239,10 @@ def _checked_type(prompt: Mapping, where: str) -> str:
 def _default_size(size_key: str, image_size: tuple[int, int]) -> int:
     scale = max(image_size) / SIZE_ANCHOR
     return max(int((8 if size_key == "radius" else 3) * scale), 1)
+
+
+def _max_size(image_size: tuple[int, int]) -> int:
+    return 2 * (image_size[0] + image_size[1])
 
 
 def _checked_number(value, field: str) -> float:
