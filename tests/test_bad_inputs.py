@@ -9,6 +9,7 @@ malformed `pixel_values` (`test_modeling.py`).
 import io
 import struct
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -211,6 +212,35 @@ def test_pil_image_opened_by_the_caller_is_used_as_stored(processor, rotated_jpe
     # Documented: the caller's pixels (and their visual-prompt coordinates) are taken as they are.
     inputs = processor(text=QUESTION, images=Image.open(rotated_jpeg), return_tensors="pt")
     assert inputs.image_sizes.tolist() == [[20, 40]]
+
+
+# Visual prompts (malformed ones: test_visual_prompts.py)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        {"type": "scribble", "points": [[1, 1], [40, 40], [3, 30]], "width": 2**40},
+        {"type": "arrow", "xyxy": [1, 1, 40, 40], "width": 2**31},
+        {"type": "triangle", "points": [[1, 1], [40, 40], [3, 30]], "width": 2**31},
+        {"type": "point", "xy": [5, 5], "radius": 10**7},
+        {"type": "mask_contour", "mask": np.ones((48, 64), dtype=bool), "width": 2**40},
+    ],
+    ids=lambda prompt: prompt["type"],
+)
+def test_absurdly_wide_strokes_are_capped_to_the_image_and_drawn_quickly(processor, prompt):
+    image = Image.new("RGB", (64, 48))
+    started = time.perf_counter()
+    drawn = processor.draw_visual_prompts(image, [prompt])
+    elapsed = time.perf_counter() - started
+    assert drawn.size == image.size
+    assert elapsed < 5, f"drawing took {elapsed:.1f} s (PIL spent ~1 min on a radius of 10**7 before the cap)"
+
+
+def test_stroke_width_and_radius_are_capped_at_twice_the_image_half_perimeter(processor):
+    validate = sys.modules[type(processor).__module__.rsplit(".", 1)[0] + ".visual_prompts"].validate_visual_prompts
+    prompts = [{"type": "point", "xy": [1, 1], "radius": 10**7}, {"type": "box", "xyxy": [0, 0, 5, 5], "width": 30}]
+    assert [prompt.get("radius", prompt.get("width")) for prompt in validate(prompts, (64, 48))] == [224, 30]
 
 
 # Text
