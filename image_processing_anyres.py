@@ -128,6 +128,7 @@ class VisionZephyrImageProcessor(BaseImageProcessor):
         Returns:
             `BatchFeature`: `pixel_values`, `image_sizes` and `image_grids` (see the class docstring).
         """
+        check_visual_prompts_layout(kwargs.get("visual_prompts"))
         return super().preprocess(images, **kwargs)
 
     def _prepare_images_structure(self, images, expected_ndims: int = 3) -> list[Image.Image]:
@@ -225,6 +226,27 @@ def allowed_pinpoints(
             f"{min(tiles)} tiles (base view included). Raise max_tiles or pass smaller image_grid_pinpoints."
         )
     return kept
+
+
+def check_visual_prompts_layout(visual_prompts) -> None:
+    """Rejects a `visual_prompts` argument of the wrong layout with a `TypeError` naming it.
+
+    transformers' typed-kwargs check would reject it too, but with its own exception class; the contents of each
+    prompt are checked by `visual_prompts.validate_visual_prompts`.
+    """
+    if visual_prompts is None:
+        return
+    entries_fit = isinstance(visual_prompts, list) and all(
+        entry is None
+        or isinstance(entry, dict)
+        or (isinstance(entry, list) and all(isinstance(p, dict) for p in entry))
+        for entry in visual_prompts
+    )
+    if not entries_fit:
+        raise TypeError(
+            "visual_prompts: expected a list with one list of prompt dicts (or None) per image, or a single image's "
+            f"list of prompt dicts; got {visual_prompts!r:.80}"
+        )
 
 
 def prompts_per_image(visual_prompts: Sequence | None, num_images: int) -> list[Sequence[Mapping] | None]:

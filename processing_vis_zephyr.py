@@ -13,6 +13,7 @@ from transformers.processing_utils import MultiModalData, ProcessorMixin
 from .image_processing_anyres import (
     allowed_pinpoints,
     anyres_grid_shape,
+    check_visual_prompts_layout,
     flatten_images,
     num_image_tokens,
     num_tiles_from_grid,
@@ -69,6 +70,9 @@ class VisionZephyrProcessor(ProcessorMixin):
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         check_text(text)
+        check_visual_prompts_layout(
+            kwargs.get("visual_prompts", kwargs.get("images_kwargs", {}).get("visual_prompts"))
+        )
         # Converting here (not only in the image processor) lets the `<image>` count check see every kind of input,
         # including 2-D grayscale arrays that transformers' own flattening rejects.
         if images is not None:
