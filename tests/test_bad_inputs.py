@@ -218,6 +218,16 @@ def test_pil_image_opened_by_the_caller_is_used_as_stored(processor, rotated_jpe
 
 
 @pytest.mark.parametrize(
+    "visual_prompts",
+    ["box", 5, [5], [[5]], {"type": "box", "xyxy": [1, 1, 2, 2]}, ([{"type": "box", "xyxy": [1, 1, 2, 2]}],)],
+    ids=["str", "int", "list of int", "list of list of int", "bare dict", "tuple"],
+)
+def test_visual_prompts_of_the_wrong_layout_are_a_type_error_naming_the_argument(processor, visual_prompts):
+    with pytest.raises(TypeError, match=r"visual_prompts: expected a list with one list of prompt dicts"):
+        processor(text=QUESTION, images=Image.new("RGB", (64, 48)), visual_prompts=visual_prompts)
+
+
+@pytest.mark.parametrize(
     "prompt",
     [
         {"type": "scribble", "points": [[1, 1], [40, 40], [3, 30]], "width": 2**40},
