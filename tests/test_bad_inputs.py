@@ -374,17 +374,18 @@ def test_generated_image_token_after_the_prompt_is_not_an_error(tiny_model):
     assert torch.isfinite(step.logits).all()
 
 
-@pytest.mark.parametrize(("text_length", "fits"), [(96, True), (97, False)])
-def test_prompt_longer_than_the_context_is_rejected_not_run(tiny_model, monkeypatch, text_length, fits):
-    # Prompt = BOS + text + 96 visual tokens; with a context of 193 tokens, 96 text tokens fit and 97 do not.
+def test_prompt_one_token_over_the_context_is_rejected_not_run(tiny_model, monkeypatch):
+    # BOS + 97 text tokens + 96 visual tokens = 194 tokens against a context of 193.
     monkeypatch.setattr(tiny_model.config.text_config, "max_position_embeddings", 193)
-    batch = {"input_ids": torch.tensor([prompt_ids(text_length, 96)]), **image_inputs([(1, 2)])}
+    batch = {"input_ids": torch.tensor([prompt_ids(97, 96)]), **image_inputs([(1, 2)])}
+    with torch.no_grad(), pytest.raises(ValueError, match=r"prompt is 194 tokens .* `max_position_embeddings=193`"):
+        tiny_model(**batch)
+
+
+def test_prompt_filling_the_context_exactly_runs(tiny_model, monkeypatch):
+    monkeypatch.setattr(tiny_model.config.text_config, "max_position_embeddings", 40)
     with torch.no_grad():
-        if fits:
-            assert tiny_model(**batch).logits.shape[1] == 193
-        else:
-            with pytest.raises(ValueError, match=r"prompt is 194 tokens .* `max_position_embeddings=193`"):
-                tiny_model(**batch)
+        assert tiny_model(input_ids=torch.tensor([prompt_ids(39, 0)])).logits.shape[1] == 40
 
 
 def test_processor_prompt_over_the_context_is_rejected_by_the_model(processor, tiny_model):
