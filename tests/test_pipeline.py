@@ -102,3 +102,12 @@ def test_images_and_text_arguments_generate_like_the_processor_path(pipe, photo,
 def test_return_full_text_gives_the_prompt_followed_by_the_new_text(pipe, photo, new_text_for_images_and_text):
     full = pipe(images=photo, text=PLAIN_PROMPT, max_new_tokens=NEW_TOKENS)[0]["generated_text"]
     assert full == PLAIN_PROMPT + new_text_for_images_and_text
+
+
+def test_stop_sequence_ends_the_answer_at_that_text(pipe):
+    messages = [{"role": "user", "content": "Describe a sunny day."}]
+    unconstrained = answer(pipe, messages)
+    stop = unconstrained[len(unconstrained) // 2 :][:3]
+    stopped = pipe(text=messages, max_new_tokens=NEW_TOKENS, return_full_text=False, stop_sequence=stop)
+    text = stopped[0]["generated_text"]
+    assert stop in text and len(text) < len(unconstrained), f"{stop!r} should end {unconstrained!r} early"
