@@ -40,8 +40,8 @@ class ChatCollator:
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
-            padding=True,
             return_assistant_tokens_mask=True,
+            processor_kwargs={"padding": True},
         )
         assistant_mask = batch.pop("assistant_masks").bool()
         batch["labels"] = batch["input_ids"].masked_fill(~assistant_mask, IGNORE_INDEX)
