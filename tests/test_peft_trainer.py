@@ -134,15 +134,15 @@ def text_chat(index: int) -> list[dict]:
     ]
 
 
-def train_two_steps(checkpoint, processor, examples, output_dir, gradient_checkpointing=False) -> list[float]:
+def train_two_steps(checkpoint, processor, examples, output_dir, **checkpointing) -> list[float]:
     """Losses of two `Trainer` steps (batch 1) on `examples`, from the checkpoint's weights."""
     args = TrainingArguments(
+        **checkpointing,
         output_dir=str(output_dir),
         per_device_train_batch_size=1,
         max_steps=2,
         learning_rate=1e-3,
         logging_steps=1,
-        gradient_checkpointing=gradient_checkpointing,
         remove_unused_columns=False,
         save_strategy="no",
         report_to="none",
@@ -154,7 +154,7 @@ def train_two_steps(checkpoint, processor, examples, output_dir, gradient_checkp
     model.model.vision_tower.requires_grad_(False)  # as LLaVA-style fine-tuning does; keeps the test fast
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=ChatCollator(processor))
     trainer.train()
-    assert trainer.model.is_gradient_checkpointing == gradient_checkpointing
+    assert trainer.model.is_activation_checkpointing == any(checkpointing.values())
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
@@ -163,11 +163,20 @@ def test_trainer_runs_fine_tuning_steps_on_image_chats(tiny_checkpoint, processo
     assert len(losses) == 2 and all(np.isfinite(losses)), f"expected two finite step losses, got {losses}"
 
 
-def test_gradient_checkpointing_in_training_arguments_gives_the_same_losses(tiny_checkpoint, processor, tmp_path):
+@pytest.fixture(scope="module")
+def text_examples() -> list[dict]:
     # Text-only chats: with images, transformers' `enable_input_require_grads` (called when checkpointing is on)
     # also hooks the CLIP embeddings, so backward runs through the frozen tower and the test would take a minute.
     # Checkpointing of the Q-Former with images is covered in test_modeling.py.
-    examples = [{"messages": text_chat(index)} for index in range(2)]
-    plain = train_two_steps(tiny_checkpoint, processor, examples, tmp_path / "plain")
-    checkpointed = train_two_steps(tiny_checkpoint, processor, examples, tmp_path / "checkpointed", True)
+    return [{"messages": text_chat(index)} for index in range(2)]
+
+
+def test_gradient_checkpointing_in_training_arguments_gives_the_same_losses(
+    tiny_checkpoint, processor, text_examples, tmp_path
+):
+    """The flag users know; transformers 5 calls it `activation_checkpointing` and keeps this name as an alias."""
+    plain = train_two_steps(tiny_checkpoint, processor, text_examples, tmp_path / "plain")
+    checkpointed = train_two_steps(
+        tiny_checkpoint, processor, text_examples, tmp_path / "checkpointed", gradient_checkpointing=True
+    )
     np.testing.assert_allclose(checkpointed, plain, rtol=1e-5)
