@@ -5,6 +5,7 @@ import pytest
 import torch
 from collator import IGNORE_INDEX, ChatCollator
 from PIL import Image
+from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
 
 
@@ -134,8 +135,8 @@ def text_chat(index: int) -> list[dict]:
     ]
 
 
-def train_two_steps(checkpoint, processor, examples, output_dir, **checkpointing) -> list[float]:
-    """Losses of two `Trainer` steps (batch 1) on `examples`, from the checkpoint's weights."""
+def train_two_steps(checkpoint, processor, examples, output_dir, **checkpointing) -> Trainer:
+    """A `Trainer` after two steps (batch 1) on `examples`, from the checkpoint's weights."""
     args = TrainingArguments(
         **checkpointing,
         output_dir=str(output_dir),
@@ -155,12 +156,24 @@ def train_two_steps(checkpoint, processor, examples, output_dir, **checkpointing
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=ChatCollator(processor))
     trainer.train()
     assert trainer.model.is_activation_checkpointing == any(checkpointing.values())
+    return trainer
+
+
+def step_losses(trainer: Trainer) -> list[float]:
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
-def test_trainer_runs_fine_tuning_steps_on_image_chats(tiny_checkpoint, processor, tmp_path):
-    losses = train_two_steps(tiny_checkpoint, processor, [{"messages": chat(index)} for index in range(2)], tmp_path)
+def test_trainer_fine_tunes_the_projector_and_lm_on_image_chats(tiny_checkpoint, processor, tmp_path):
+    examples = [{"messages": chat(index)} for index in range(2)]
+    trainer = train_two_steps(tiny_checkpoint, processor, examples, tmp_path)
+    losses = step_losses(trainer)
     assert len(losses) == 2 and all(np.isfinite(losses)), f"expected two finite step losses, got {losses}"
+    saved = load_file(tiny_checkpoint / "model.safetensors")
+    trained = trainer.model.state_dict()
+    for name in ("model.multi_modal_projector.query_tokens", "lm_head.weight"):
+        assert not torch.equal(trained[name], saved[name]), f"{name} was not trained"
+    frozen = [name for name in saved if name.startswith("model.vision_tower.")]
+    assert all(torch.equal(trained[name], saved[name]) for name in frozen), "the frozen CLIP tower changed"
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +188,10 @@ def test_gradient_checkpointing_in_training_arguments_gives_the_same_losses(
     tiny_checkpoint, processor, text_examples, tmp_path
 ):
     """The flag users know; transformers 5 calls it `activation_checkpointing` and keeps this name as an alias."""
-    plain = train_two_steps(tiny_checkpoint, processor, text_examples, tmp_path / "plain")
-    checkpointed = train_two_steps(
-        tiny_checkpoint, processor, text_examples, tmp_path / "checkpointed", gradient_checkpointing=True
+    plain = step_losses(train_two_steps(tiny_checkpoint, processor, text_examples, tmp_path / "plain"))
+    checkpointed = step_losses(
+        train_two_steps(
+            tiny_checkpoint, processor, text_examples, tmp_path / "checkpointed", gradient_checkpointing=True
+        )
     )
     np.testing.assert_allclose(checkpointed, plain, rtol=1e-5)
