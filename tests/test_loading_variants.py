@@ -1,10 +1,11 @@
 """`from_pretrained` options users combine: offloading device maps, `low_cpu_mem_usage`, `dtype`, shards, meta init."""
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
-from accelerate import init_empty_weights
+from accelerate import infer_auto_device_map, init_empty_weights
 from conftest import image_inputs, prompt_ids
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForImageTextToText
@@ -86,12 +87,28 @@ def full_config():
     return AutoConfig.from_pretrained(REPO_ROOT, trust_remote_code=True)
 
 
-def test_full_model_builds_on_the_meta_device(full_config):
+@pytest.fixture(scope="module")
+def meta_full_model(full_config):
     with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(full_config, trust_remote_code=True)
-    assert {parameter.device.type for parameter in model.parameters()} == {"meta"}
-    assert model.num_parameters() == FULL_MODEL_PARAMETERS
-    assert model.dtype == torch.bfloat16, "from_config follows config.json's dtype"
+        return AutoModelForImageTextToText.from_config(full_config, trust_remote_code=True)
+
+
+def test_full_model_builds_on_the_meta_device(meta_full_model):
+    assert {parameter.device.type for parameter in meta_full_model.parameters()} == {"meta"}
+    assert meta_full_model.num_parameters() == FULL_MODEL_PARAMETERS
+    assert meta_full_model.dtype == torch.bfloat16, "from_config follows config.json's dtype"
+
+
+def test_a_many_gpu_device_map_of_the_full_model_keeps_every_qformer_layer_whole(meta_full_model):
+    # What `device_map="auto"` computes for 24 GPUs of 1 GiB: the 3.4 GB Q-Former must spread over several of them.
+    budgets = {**dict.fromkeys(range(24), "1GiB"), "cpu": "100GiB"}
+    device_map = infer_auto_device_map(
+        meta_full_model, max_memory=budgets, no_split_module_classes=meta_full_model._no_split_modules
+    )
+    qformer_entries = [name for name in device_map if name.startswith("model.multi_modal_projector.layers.")]
+    assert len({device_map[name] for name in qformer_entries}) > 1, f"expected a spread, got {device_map}"
+    split = [name for name in qformer_entries if not re.fullmatch(r"model\.multi_modal_projector\.layers\.\d+", name)]
+    assert not split, f"Q-Former layers split across devices: {split}"
 
 
 def test_full_model_builds_under_accelerate_init_empty_weights(full_config):
