@@ -101,10 +101,13 @@ class DemoCase:
         return self.visual_prompt["type"]
 
 
-def sample_shapes(rng: random.Random, width: int, height: int) -> tuple[Shape, ...]:
-    """2-4 shapes with distinct (kind, colour) whose keep-out discs do not overlap and stay inside the canvas."""
+def sample_shapes(
+    rng: random.Random, width: int, height: int, shapes_per_image: tuple[int, int] = SHAPES_PER_IMAGE
+) -> tuple[Shape, ...]:
+    """2-4 shapes (or `shapes_per_image`) with distinct (kind, colour) whose keep-out discs do not overlap and stay
+    inside the canvas."""
     while True:
-        count = rng.randint(*SHAPES_PER_IMAGE)
+        count = rng.randint(*shapes_per_image)
         styles = rng.sample([(kind, color) for kind in SHAPE_KINDS for color in SHAPE_COLORS], count)
         shapes: list[Shape] = []
         for kind, color in styles:
@@ -194,11 +197,14 @@ def render_scene(width: int, height: int, shapes: tuple[Shape, ...]) -> Image.Im
     return image
 
 
-def make_case(rng: random.Random) -> DemoCase:
-    """One fresh case drawn from `rng`: scene, marked shape, prompt type and question all uniform."""
+def make_case(rng: random.Random, shapes_per_image: tuple[int, int] = SHAPES_PER_IMAGE) -> DemoCase:
+    """One fresh case drawn from `rng`: scene, marked shape, prompt type and question all uniform.
+
+    `shapes_per_image` other than the task's (2, 4) is only for training curricula (e.g. single-shape warm-up scenes).
+    """
     while True:
         width, height = rng.randint(*CANVAS_SIDES), rng.randint(*CANVAS_SIDES)
-        shapes = sample_shapes(rng, width, height)
+        shapes = sample_shapes(rng, width, height, shapes_per_image)
         target = rng.choice(shapes)
         visual_prompt = visual_prompt_for(rng, rng.choice(PROMPT_TYPES), target, shapes, (width, height))
         if visual_prompt is not None:

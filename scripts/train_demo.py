@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from demo_task import DemoCase, make_case
+from demo_task import SHAPES_PER_IMAGE, DemoCase, make_case
 from make_tiny_checkpoint import AUTO_MAP, REMOTE_CODE_FILES, REPO_ROOT, load_repo_class
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
@@ -28,12 +28,13 @@ from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 
 IGNORE_INDEX = -100
+SINGLE_SHAPE = (1, 1)
 IMAGE_PROCESSOR_CLASS = "image_processing_anyres.VisionZephyrImageProcessor"
 PROCESSOR_CLASS = "processing_vis_zephyr.VisionZephyrProcessor"
-# The demo's own sizes: 112-px tiles of 8-px patches (14x14 patches per tile), so the smallest shape (15 % of a
-# 200-px side) still spans more than a patch; the original's pinpoint shapes (2x1, 1x2, 3x1, 1x3 tiles, as
-# (height, width)), scaled to the demo's tile.
-TILE_SIZE = 112
+# The demo's own sizes: 224-px tiles of 16-px patches (14x14 patches per tile). The prompts' default line width and
+# point radius scale for 336-px tiles; at 112-px tiles they shrank to 1-px lines and the model never found them, at
+# 224 px they stay 2 px wide. Pinpoints: the original's shapes (2x1, 1x2, 3x1, 1x3 tiles as (height, width)), scaled.
+TILE_SIZE = 224
 GRID_PINPOINTS = [
     [2 * TILE_SIZE, TILE_SIZE],
     [TILE_SIZE, 2 * TILE_SIZE],
@@ -47,7 +48,7 @@ VISION_CONFIG = {
     "num_hidden_layers": 4,
     "num_attention_heads": 4,
     "image_size": TILE_SIZE,
-    "patch_size": 8,
+    "patch_size": 16,
     "projection_dim": 64,
 }
 TEXT_CONFIG = {
@@ -63,8 +64,8 @@ TEXT_CONFIG = {
     "pad_token_id": 2,
 }
 PROJECTOR_CONFIG = {
-    "vision_feature_layers": [[1, 2], [3, 4]],
-    "num_query_tokens": 8,
+    "vision_feature_layers": [[0], [2], [4]],
+    "num_query_tokens": 16,
     "qformer_num_layers": 2,
     "qformer_num_attention_heads": 4,
     "tile_size": TILE_SIZE,
@@ -79,6 +80,22 @@ def demo_config():
     )
     config.auto_map = dict(AUTO_MAP)
     return config
+
+
+@torch.no_grad()
+def initialize_projector_for_training(model) -> None:
+    """Variance-preserving (LeCun normal) Q-Former weights and small learned queries.
+
+    With the default init (linear std 0.02, queries ~N(0, 1)) the visual tokens are the queries' own content and vary
+    across images by ~0.3 % of their spread; trained from scratch the model then sat at chance for hundreds of steps.
+    This init makes them image-dependent from the first step.
+    """
+    projector = model.model.multi_modal_projector
+    projector.query_tokens.normal_(0.0, 0.02)
+    for module in projector.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.weight.normal_(0.0, module.in_features**-0.5)
+            module.bias.zero_()
 
 
 def conversation(case: DemoCase, with_answer: bool) -> list[dict]:
@@ -135,10 +152,20 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**batch, logits_to_keep=kept, shift_labels=shift_labels[:, -kept:].contiguous()).loss
 
 
-def training_batch(processor, seed: int, step: int, batch_size: int) -> dict[str, torch.Tensor]:
-    """The batch of `step`: its own generator, so a resumed run sees the same data as an uninterrupted one."""
+def training_batch(processor, seed: int, step: int, batch_size: int, curriculum_steps: int) -> dict[str, torch.Tensor]:
+    """The batch of `step`: its own generator, so a resumed run sees the same data as an uninterrupted one.
+
+    Curriculum: a share of single-shape scenes, 100 % at step 0 falling linearly to none at `curriculum_steps`. There
+    the answer is visible without finding the prompt, which teaches tower, Q-Former and LM to pass colour and shape
+    through before the prompt has to be located (without it the model sat at chance for 500+ steps).
+    """
     rng = random.Random(f"{seed}-{step}")
-    return encode_cases(processor, [make_case(rng) for _ in range(batch_size)], with_answers=True)
+    single_shape_share = max(0.0, 1.0 - step / curriculum_steps) if curriculum_steps else 0.0
+    cases = [
+        make_case(rng, SINGLE_SHAPE if rng.random() < single_shape_share else SHAPES_PER_IMAGE)
+        for _ in range(batch_size)
+    ]
+    return encode_cases(processor, cases, with_answers=True)
 
 
 @torch.no_grad()
@@ -174,6 +201,7 @@ def train(
     save_every: int,
     eval_every: int,
     eval_cases: list[DemoCase],
+    curriculum_steps: int,
 ) -> None:
     """AdamW with linear warm-up and cosine decay; resumes from `output_dir/state.pt` when it exists."""
     torch.manual_seed(seed)
@@ -188,7 +216,7 @@ def train(
     progress = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="training", unit="step")
     model.train()
     for step in progress:
-        loss = answer_loss(model, training_batch(processor, seed, step, batch_size))
+        loss = answer_loss(model, training_batch(processor, seed, step, batch_size, curriculum_steps))
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -262,6 +290,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--warmup-steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training data")
+    parser.add_argument("--curriculum-steps", type=int, default=600, help="steps until no single-shape scenes")
     parser.add_argument("--save-every", type=int, default=100, help="steps between resumable checkpoints")
     parser.add_argument("--eval-every", type=int, default=100, help="steps between held-out accuracy checks")
     parser.add_argument("--eval-cases", type=int, default=128, help="held-out cases of the accuracy check")
@@ -277,6 +306,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     processor = demo_processor()
     model = load_repo_class("VisionZephyrForConditionalGeneration")(demo_config())
+    initialize_projector_for_training(model)
     rng = random.Random(args.eval_seed)
     eval_cases = [make_case(rng) for _ in range(args.eval_cases)]
     train(
@@ -291,6 +321,7 @@ def main() -> None:
         args.save_every,
         args.eval_every,
         eval_cases,
+        args.curriculum_steps,
     )
     if args.export:
         export_checkpoint(model.eval(), processor, args.export)

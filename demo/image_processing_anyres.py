@@ -1,0 +1,470 @@
+"""Anyres tiling for Vision-Zephyr: best-fit grid of square tiles plus a low-resolution base view.
+
+The grid arithmetic at the top of this file is shared with the model (which imports it relatively), so the number
+of visual tokens per image is computed in exactly one place.
+
+`VisionZephyrImageProcessor` reproduces the original's `process_any_resolution_image` bit for bit: the best-fit
+canvas among the grid pinpoints, the image resized into it with PIL LANCZOS and floor sizes, centred on black, cut
+into `tile_size` tiles (row-major), after a base view that is the whole image squashed to `tile_size`² with LANCZOS,
+then CLIP normalisation with the exact float32 arithmetic of transformers' CLIP image processor.
+"""
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature, select_best_resolution
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, load_image
+from transformers.processing_utils import ImagesKwargs, Unpack
+from transformers.utils import TensorType
+
+from .visual_prompts import draw_visual_prompts
+
+
+def anyres_grid_shape(image_size: tuple[int, int], grid_pinpoints: list[list[int]], tile_size: int) -> tuple[int, int]:
+    """Returns `(rows, cols)` of the tile grid chosen for an image of `image_size = (height, width)`.
+
+    `grid_pinpoints` are candidate canvases as `(height, width)`; their order decides ties, as in the original.
+    """
+    canvas_height, canvas_width = select_best_resolution(tuple(image_size), grid_pinpoints)
+    return canvas_height // tile_size, canvas_width // tile_size
+
+
+def num_tiles_from_grid(grid_shape: tuple[int, int]) -> int:
+    """Tiles fed to the vision tower for one image: the base view plus every grid tile."""
+    rows, cols = grid_shape
+    return 1 + rows * cols
+
+
+def num_image_tokens(grid_shape: tuple[int, int], num_query_tokens: int) -> int:
+    """Visual tokens (`<image>` placeholders) one image becomes: `num_query_tokens` per tile."""
+    return num_query_tokens * num_tiles_from_grid(grid_shape)
+
+
+# The original config's pinpoints [[336, 672], [672, 336], [336, 1008], [1008, 336]] are (width, height); stored here
+# as (height, width) in the same order, so that ties (square and tiny images) still pick the vertical 336x672 canvas.
+ORIGINAL_GRID_PINPOINTS = [[672, 336], [336, 672], [1008, 336], [336, 1008]]
+
+# Keyword arguments of `ImagesKwargs` that a fixed anyres tiler has no use for, with what to use instead.
+UNSUPPORTED_KWARGS = {
+    "size": "tiles are always `tile_size` squares; set `tile_size`",
+    "crop_size": "tiles are always `tile_size` squares; set `tile_size`",
+    "do_resize": "anyres always resizes",
+    "do_center_crop": "anyres never crops",
+    "do_pad": "the tile axis is always zero-padded to the batch's largest tile count",
+    "pad_size": "the tile axis is always zero-padded to the batch's largest tile count",
+}
+
+
+class VisionZephyrImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    image_grid_pinpoints (`list[list[int]]`, *optional*):
+        Candidate canvases as `(height, width)`, each a multiple of `tile_size`. The one that keeps the most of the
+        image's resolution (then wastes the least) is chosen; earlier entries win ties.
+    tile_size (`int`, *optional*, defaults to 336):
+        Side of the square tiles (the vision tower's input size).
+    max_tiles (`int`, *optional*):
+        Token budget: the most tiles (base view included) an image may become, i.e. at most
+        `max_tiles * num_query_tokens` visual tokens. Pinpoints that need more tiles are not considered.
+    visual_prompts (`list[list[dict] | None]`, *optional*):
+        One list of visual-prompt dicts (or `None`) per image, drawn onto the image before tiling; see
+        `visual_prompts.py` for the schema. A single image may take its list of dicts directly.
+    fast_resize (`bool`, *optional*, defaults to `False`):
+        Resize with torch's antialiased bicubic on uint8 instead of PIL LANCZOS: several times faster on large
+        images, but pixels differ from the original preprocessing by a few levels. Off by default.
+    """
+
+    image_grid_pinpoints: list[list[int] | tuple[int, int]] | None
+    tile_size: int | None
+    max_tiles: int | None
+    visual_prompts: list[list[dict[str, Any]] | None] | list[dict[str, Any]] | None
+    fast_resize: bool | None
+
+
+class VisionZephyrImageProcessor(BaseImageProcessor):
+    r"""
+    Anyres image processor of Vision-Zephyr (see the module docstring). Accepts PIL images, numpy arrays and torch
+    tensors (`(H, W)`, `(H, W, C)` or `(C, H, W)`, uint8, uint16 or floats in [0, 1]), paths and URLs, in any PIL
+    mode; everything is converted to 8-bit RGB first, as the original's `Image.open(...).convert("RGB")` did (alpha
+    is dropped, 16-bit images are scaled to 8 bits).
+
+    Returns a `BatchFeature` with
+    - `pixel_values`: float32 `(batch, max_tiles, 3, tile_size, tile_size)`, base view first, then the grid tiles
+      row-major, zero-padded on the tile axis to the batch's largest tile count;
+    - `image_sizes`: int64 `(batch, 2)`, `(height, width)` of the original images;
+    - `image_grids`: int64 `(batch, 2)`, `(rows, cols)` of each image's grid, so the model needs no pinpoints when a
+      call used its own `max_tiles` or `image_grid_pinpoints`.
+    """
+
+    model_input_names = ["pixel_values", "image_sizes", "image_grids"]
+    valid_kwargs = VisionZephyrImageProcessorKwargs
+
+    resample = PILImageResampling.LANCZOS
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    do_rescale = True
+    do_normalize = True
+    tile_size = 336
+    image_grid_pinpoints = ORIGINAL_GRID_PINPOINTS
+    fast_resize = False
+
+    def __init__(self, **kwargs: Unpack[VisionZephyrImageProcessorKwargs]):
+        super().__init__(**kwargs)
+        self._set_attributes(**kwargs)
+
+    def preprocess(self, images, **kwargs: Unpack[VisionZephyrImageProcessorKwargs]) -> BatchFeature:
+        """Tiles a batch of images.
+
+        Args:
+            images (`ImageInput`):
+                One image or a list (or a list of lists) of images.
+            **kwargs:
+                Any of `VisionZephyrImageProcessorKwargs`, e.g. `max_tiles`, `image_grid_pinpoints`,
+                `visual_prompts`, `fast_resize`, `return_tensors`.
+
+        Returns:
+            `BatchFeature`: `pixel_values`, `image_sizes` and `image_grids` (see the class docstring).
+        """
+        check_visual_prompts_layout(kwargs.get("visual_prompts"))
+        return super().preprocess(images, **kwargs)
+
+    def _prepare_images_structure(self, images, expected_ndims: int = 3) -> list[Image.Image]:
+        return flatten_images(images)
+
+    def process_image(self, image, input_data_format=None, **kwargs) -> Image.Image:
+        return to_rgb_image(image, input_data_format)
+
+    def _validate_preprocess_kwargs(self, **kwargs) -> None:
+        for name, instead in UNSUPPORTED_KWARGS.items():
+            if kwargs.get(name) is not None:
+                raise ValueError(f"`{name}` is not used by {type(self).__name__}: {instead}.")
+        tile_size = kwargs["tile_size"]
+        if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size <= 0:
+            raise ValueError(f"tile_size: expected a positive int, got {tile_size!r}")
+        super()._validate_preprocess_kwargs(**kwargs)
+
+    def _preprocess(
+        self,
+        images: list[Image.Image],
+        image_grid_pinpoints: list[list[int]],
+        tile_size: int,
+        max_tiles: int | None,
+        visual_prompts: list | None,
+        fast_resize: bool,
+        resample: PILImageResampling,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        return_tensors: str | TensorType | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        pinpoints = allowed_pinpoints(image_grid_pinpoints, tile_size, max_tiles)
+        images = [
+            image if prompts is None else draw_visual_prompts(image, prompts)
+            for image, prompts in zip(images, prompts_per_image(visual_prompts, len(images)), strict=True)
+        ]
+        image_sizes = [(image.height, image.width) for image in images]
+        image_grids = [anyres_grid_shape(size, pinpoints, tile_size) for size in image_sizes]
+        table = normalization_table(do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+        max_tiles_in_batch = max(num_tiles_from_grid(grid) for grid in image_grids)
+        # Zero padding on the tile axis comes for free from a zeroed buffer; tiles are normalised straight into it.
+        pixel_values = np.zeros((len(images), max_tiles_in_batch, 3, tile_size, tile_size), dtype=np.float32)
+        resize = resize_fast if fast_resize else resize_like_original
+        for image, image_size, grid, out in zip(images, image_sizes, image_grids, pixel_values, strict=True):
+            source = channels_last_tensor(image) if fast_resize else image
+            base_view = resize(source, (tile_size, tile_size), resample)
+            normalize_tiles(base_view, 1, 1, table, out[:1])
+            canvas = resize_onto_canvas(source, image_size, grid, tile_size, resize, resample)
+            normalize_tiles(canvas, *grid, table, out[1 : num_tiles_from_grid(grid)])
+        data = {
+            "pixel_values": pixel_values,
+            "image_sizes": np.array(image_sizes, dtype=np.int64),
+            "image_grids": np.array(image_grids, dtype=np.int64),
+        }
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+
+def allowed_pinpoints(
+    image_grid_pinpoints: Sequence[Sequence[int]], tile_size: int, max_tiles: int | None
+) -> list[list[int]]:
+    """Validates `image_grid_pinpoints` and keeps those whose grid fits in `max_tiles` tiles (base view included).
+
+    Raises:
+        `ValueError` naming the argument when a pinpoint is not a positive multiple of `tile_size`, or when
+        `max_tiles` leaves no pinpoint.
+    """
+    if not isinstance(image_grid_pinpoints, Sequence) or len(image_grid_pinpoints) == 0:
+        raise ValueError(
+            f"image_grid_pinpoints: expected a non-empty list of [height, width], got {image_grid_pinpoints!r}"
+        )
+    for pinpoint in image_grid_pinpoints:
+        if (
+            not isinstance(pinpoint, Sequence)
+            or len(pinpoint) != 2
+            or any(isinstance(side, bool) or not isinstance(side, int) or side <= 0 for side in pinpoint)
+            or any(side % tile_size for side in pinpoint)
+        ):
+            raise ValueError(
+                f"image_grid_pinpoints: every entry must be [height, width], positive multiples of tile_size="
+                f"{tile_size}; got {list(pinpoint) if isinstance(pinpoint, Sequence) else pinpoint!r}"
+            )
+    pinpoints = [list(pinpoint) for pinpoint in image_grid_pinpoints]
+    if max_tiles is None:
+        return pinpoints
+    if isinstance(max_tiles, bool) or not isinstance(max_tiles, int) or max_tiles <= 0:
+        raise ValueError(f"max_tiles: expected a positive int, got {max_tiles!r}")
+    tiles = [num_tiles_from_grid((height // tile_size, width // tile_size)) for height, width in pinpoints]
+    kept = [pinpoint for pinpoint, count in zip(pinpoints, tiles, strict=True) if count <= max_tiles]
+    if not kept:
+        raise ValueError(
+            f"max_tiles={max_tiles} leaves no grid: the smallest of image_grid_pinpoints={pinpoints} needs "
+            f"{min(tiles)} tiles (base view included). Raise max_tiles or pass smaller image_grid_pinpoints."
+        )
+    return kept
+
+
+def check_visual_prompts_layout(visual_prompts) -> None:
+    """Rejects a `visual_prompts` argument of the wrong layout with a `TypeError` naming it.
+
+    transformers' typed-kwargs check would reject it too, but with its own exception class; the contents of each
+    prompt are checked by `visual_prompts.validate_visual_prompts`.
+    """
+    if visual_prompts is None:
+        return
+    entries_fit = isinstance(visual_prompts, list) and all(
+        entry is None
+        or isinstance(entry, dict)
+        or (isinstance(entry, list) and all(isinstance(p, dict) for p in entry))
+        for entry in visual_prompts
+    )
+    if not entries_fit:
+        raise TypeError(
+            "visual_prompts: expected a list with one list of prompt dicts (or None) per image, or a single image's "
+            f"list of prompt dicts; got {visual_prompts!r:.80}"
+        )
+
+
+def prompts_per_image(visual_prompts: Sequence | None, num_images: int) -> list[Sequence[Mapping] | None]:
+    """One entry (a list of prompt dicts, or `None`) per image; a single image may take its list of dicts directly."""
+    if visual_prompts is None:
+        return [None] * num_images
+    if num_images == 1 and all(isinstance(prompt, Mapping) for prompt in visual_prompts):
+        return [visual_prompts]
+    if len(visual_prompts) != num_images:
+        raise ValueError(
+            f"visual_prompts: got {len(visual_prompts)} entries for {num_images} images; pass one list of prompt "
+            "dicts (or None) per image, in the order of the images."
+        )
+    return list(visual_prompts)
+
+
+def flatten_images(images) -> list:
+    """A flat list of the images in `images` (an image, a path or URL, a 4-D batch, or nested lists of them)."""
+    flat = list(_iterate_images(images))
+    if not flat:
+        raise ValueError("images: got no image, expected at least one")
+    return flat
+
+
+def _iterate_images(images):
+    if isinstance(images, (list, tuple)):
+        for entry in images:
+            yield from _iterate_images(entry)
+    elif isinstance(images, str):
+        yield open_image_source(images)
+    elif isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        yield from images
+    elif isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
+        yield images
+    else:
+        raise TypeError(
+            "images: expected a PIL image, numpy array, torch tensor, path or URL (or a list of them), "
+            f"got {type(images).__name__}"
+        )
+
+
+def open_image_source(source: str) -> Image.Image:
+    """Opens a local file, an http(s) URL or base64 image data, upright (EXIF orientation applied), in its own mode.
+
+    Local files are opened here rather than by transformers' `load_image`, which converts to RGB straight away and
+    so clips 16-bit images; `to_rgb_image` does that conversion instead.
+
+    Raises:
+        `ValueError` naming `images` when the source is missing, unreadable (truncated, not an image), or has more
+        pixels than PIL's decompression-bomb limit `PIL.Image.MAX_IMAGE_PIXELS`.
+    """
+    shown = source if len(source) <= 80 else f"{source[:77]}..."
+    try:
+        if not os.path.isfile(source):
+            return load_image(source)  # URL or base64: transformers' loader, already upright and RGB
+        with Image.open(source) as opened:
+            if Image.MAX_IMAGE_PIXELS and opened.width * opened.height > Image.MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(
+                    f"{opened.width}x{opened.height} pixels is more than PIL.Image.MAX_IMAGE_PIXELS="
+                    f"{Image.MAX_IMAGE_PIXELS}"
+                )
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"images: {shown!r} is too large to decode safely ({error}); downscale it, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+        ) from error
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"images: cannot read an image from {shown!r}; expected an existing image file, an http(s) URL or "
+            f"base64 image data ({type(error).__name__}: {error})"
+        ) from error
+    return image
+
+
+def to_rgb_image(image, input_data_format: str | None = None) -> Image.Image:
+    """Converts one image to an 8-bit RGB PIL image.
+
+    Args:
+        image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`):
+            Any PIL mode; arrays `(H, W)`, `(H, W, C)` or `(C, H, W)` with 1, 3 or 4 channels, uint8, uint16 or
+            floats in [0, 1].
+        input_data_format (`str`, *optional*):
+            `"channels_first"` or `"channels_last"` for arrays whose layout is ambiguous; by default numpy arrays
+            are read as `(H, W, C)` and torch tensors as `(C, H, W)` when both would fit.
+
+    Returns:
+        `PIL.Image.Image`: An RGB image (the same object when it already was one). Alpha is dropped, as PIL's
+        `convert("RGB")` does; 16-bit values are scaled to 8 bits.
+    """
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"images: got an empty image of size {image.size}")
+        try:
+            image.load()  # an opened file decodes lazily: report a truncated or corrupt one here
+        except OSError as error:
+            raise ValueError(f"images: cannot decode the image ({error}); the file is truncated or corrupt") from error
+        if image.mode == "RGB":
+            return image
+        if image.mode.startswith("I"):  # 16/32-bit integer: PIL's own conversion would clip at 255.
+            return to_rgb_image(np.clip(np.asarray(image), 0, 65535).astype(np.uint16))
+        return image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        pixels = image.detach().cpu()
+        pixels = pixels.float() if pixels.is_floating_point() else pixels
+        return rgb_from_array(pixels.numpy(), input_data_format or "channels_first")
+    if isinstance(image, np.ndarray):
+        return rgb_from_array(image, input_data_format or "channels_last")
+    raise TypeError(f"images: expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
+
+
+def rgb_from_array(pixels: np.ndarray, preferred_layout: str) -> Image.Image:
+    """An RGB PIL image from an `(H, W)`, `(H, W, C)` or `(C, H, W)` array; see `to_rgb_image`."""
+    shape = pixels.shape
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    elif pixels.ndim == 3 and not channels_are_last(shape, preferred_layout):
+        pixels = np.moveaxis(pixels, 0, -1)
+    elif pixels.ndim != 3:
+        raise ValueError(f"images: expected an array of shape (H, W), (H, W, C) or (C, H, W), got {shape}")
+    height, width, channels = pixels.shape
+    if channels not in (1, 3, 4):
+        raise ValueError(f"images: expected 1, 3 or 4 channels, got an array of shape {shape}")
+    if height == 0 or width == 0:
+        raise ValueError(f"images: got an empty image of shape {shape}")
+    pixels = to_uint8(pixels)
+    rgb = np.repeat(pixels, 3, axis=-1) if channels == 1 else pixels[..., :3]
+    return Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+
+
+def channels_are_last(shape: tuple[int, ...], preferred_layout: str) -> bool:
+    """Whether a 3-D array is `(H, W, C)`: the preferred layout wins when both ends could be channels."""
+    last_fits, first_fits = shape[-1] in (1, 3, 4), shape[0] in (1, 3, 4)
+    if preferred_layout == "channels_last":
+        return last_fits or not first_fits
+    return last_fits and not first_fits
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Maps uint8 / uint16 / other integers in [0, 255] / floats in [0, 1] to uint8."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype == np.uint16:
+        return (pixels >> 8).astype(np.uint8)
+    if np.issubdtype(pixels.dtype, np.floating):
+        if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+            raise ValueError(
+                f"images: float images must hold values in [0, 1], got range [{pixels.min()}, {pixels.max()}]"
+            )
+        return np.round(pixels * 255).astype(np.uint8)
+    if np.issubdtype(pixels.dtype, np.integer) and pixels.min() >= 0 and pixels.max() <= 255:
+        return pixels.astype(np.uint8)
+    raise ValueError(
+        f"images: expected uint8, uint16, integers in [0, 255] or floats in [0, 1], got dtype {pixels.dtype}"
+    )
+
+
+def resize_like_original(image: Image.Image, size: tuple[int, int], resample: PILImageResampling) -> np.ndarray:
+    """PIL resize to `size = (height, width)` as the original calls it (no `reducing_gap`), as an `(H, W, 3)` array."""
+    height, width = size
+    return np.asarray(image.resize((width, height), resample))
+
+
+def channels_last_tensor(image: Image.Image) -> torch.Tensor:
+    """`(1, 3, H, W)` uint8 view of an RGB image in channels-last memory, the layout torch's SIMD resampler wants."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0)
+
+
+def resize_fast(pixels: torch.Tensor, size: tuple[int, int], resample: PILImageResampling) -> np.ndarray:
+    """Torch antialiased bicubic on uint8 to `size = (height, width)`; `resample` is ignored. See `fast_resize`."""
+    resized = torch.nn.functional.interpolate(pixels, size=size, mode="bicubic", antialias=True)
+    return resized[0].permute(1, 2, 0).numpy()
+
+
+def resize_onto_canvas(
+    source, image_size: tuple[int, int], grid: tuple[int, int], tile_size: int, resize, resample
+) -> np.ndarray:
+    """The image scaled to fit the grid's canvas (floor sizes), centred on black, as an `(H, W, 3)` uint8 array."""
+    height, width = image_size
+    canvas_height, canvas_width = grid[0] * tile_size, grid[1] * tile_size
+    scale = min(canvas_width / width, canvas_height / height)
+    # Floor sizes as the original; the original crashed when a side floored to 0 (e.g. 1x2000 images), keep 1 px.
+    new_height, new_width = max(int(height * scale), 1), max(int(width * scale), 1)
+    canvas = np.zeros((canvas_height, canvas_width, 3), dtype=np.uint8)
+    top, left = (canvas_height - new_height) // 2, (canvas_width - new_width) // 2
+    canvas[top : top + new_height, left : left + new_width] = resize(source, (new_height, new_width), resample)
+    return canvas
+
+
+def normalization_table(
+    do_rescale: bool,
+    rescale_factor: float,
+    do_normalize: bool,
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+) -> np.ndarray:
+    """`(3, 256)` float32: the normalised value of every uint8 level per channel.
+
+    Computed with the original's arithmetic (transformers' CLIP image processor: rescale in float64 then cast to
+    float32, then `(x - mean) / std` in float32), so a lookup gives its values bit for bit, in one pass.
+    """
+    levels = np.arange(256, dtype=np.float64)
+    values = (levels * rescale_factor if do_rescale else levels).astype(np.float32)
+    values = np.broadcast_to(values, (3, 256))
+    if do_normalize:
+        mean = np.asarray(image_mean, dtype=np.float32).reshape(3, 1)
+        std = np.asarray(image_std, dtype=np.float32).reshape(3, 1)
+        values = (values - mean) / std
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def normalize_tiles(canvas: np.ndarray, rows: int, cols: int, table: np.ndarray, out: np.ndarray) -> None:
+    """Cuts an `(rows * t, cols * t, 3)` uint8 canvas into row-major tiles and writes them normalised into `out`."""
+    tile_size = canvas.shape[0] // rows
+    for channel in range(3):
+        tiles = canvas[..., channel].reshape(rows, tile_size, cols, tile_size).transpose(0, 2, 1, 3)
+        out[:, channel] = table[channel].take(tiles).reshape(rows * cols, tile_size, tile_size)
+
+
+VisionZephyrImageProcessor.register_for_auto_class("AutoImageProcessor")
