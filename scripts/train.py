@@ -33,6 +33,7 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from vcr import VcrChatDataset
 
 
 TRAINABLE_WEIGHTS_NAME = "trainable_weights.safetensors"
@@ -49,7 +50,15 @@ WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_or
 @dataclass
 class RecipeArguments:
     model: str = field(metadata={"help": "Vision-Zephyr checkpoint folder or Hub id to start from"})
-    data_path: str = field(metadata={"help": "LLaVA-format JSON list or JSONL file (see scripts/llava_data.py)"})
+    data_path: str = field(
+        metadata={
+            "help": "LLaVA-format JSON list or JSONL (scripts/llava_data.py), or a VCR JSONL with --data_format vcr"
+        }
+    )
+    data_format: str = field(
+        default="llava",
+        metadata={"help": "llava, or vcr: VCR annotations drawn and worded as the original (scripts/vcr.py)"},
+    )
     image_folder: str | None = field(
         default=None, metadata={"help": "folder the records' image paths are relative to (default: the data's)"}
     )
@@ -200,12 +209,22 @@ def prepare_model(recipe: RecipeArguments) -> torch.nn.Module:
     return peft.get_peft_model(model, lora)
 
 
+def training_dataset(recipe: RecipeArguments, seed: int):
+    if recipe.data_format == "vcr":
+        if recipe.image_folder is None:
+            raise ValueError("--image_folder: VCR training needs the vcr1images folder")
+        return VcrChatDataset(recipe.data_path, recipe.image_folder, seed)
+    if recipe.data_format != "llava":
+        raise ValueError(f"--data_format: expected 'llava' or 'vcr', got {recipe.data_format!r}")
+    return LlavaChatDataset(recipe.data_path, recipe.image_folder)
+
+
 def build_trainer(recipe: RecipeArguments, training_args: VisionZephyrTrainingArguments) -> VisionZephyrTrainer:
     processor = AutoProcessor.from_pretrained(recipe.model, trust_remote_code=True)
     return VisionZephyrTrainer(
         model=prepare_model(recipe),
         args=training_args,
-        train_dataset=LlavaChatDataset(recipe.data_path, recipe.image_folder),
+        train_dataset=training_dataset(recipe, training_args.seed),
         data_collator=ChatCollator(processor, max_length=recipe.max_length),
         processing_class=processor,
     )
