@@ -267,3 +267,14 @@ def test_two_process_run_completes_and_saves(tiny_checkpoint, dataset_path, tmp_
     assert state["epoch"] == 1.0, f"the data was not sharded over the two processes (epoch {state['epoch']})"
     saved = load_file(tmp_path / TRAINABLE_WEIGHTS_NAME)
     assert saved and all(name.startswith("model.multi_modal_projector.") for name in saved)
+
+
+@pytest.mark.parametrize("name", ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"])
+def test_accelerate_configs_load_and_fsdp_wraps_classes_of_the_model(name, tiny_model):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(SCRIPTS.parent / "configs" / f"{name}.yaml"))
+    assert config.mixed_precision == "bf16" and config.num_processes > 1
+    wrapped = config.fsdp_config.get("fsdp_transformer_layer_cls_to_wrap", "")
+    classes = {type(module).__name__ for module in tiny_model.modules()}
+    assert set(filter(None, wrapped.split(","))) <= classes, f"{name}: wraps classes the model does not have"
