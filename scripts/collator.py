@@ -29,10 +29,14 @@ class ChatCollator:
             The model's processor (left padding by default, which training is indifferent to: RoPE is relative).
         messages_key (`str`, *optional*, defaults to `"messages"`):
             Key of the conversation in every example.
+        max_length (`int`, *optional*):
+            Truncates longer samples on the right (the tail of the last answer goes first). Cutting into the `<image>`
+            run is a `ValueError` from the processor rather than a silently broken sample.
     """
 
     processor: Any
     messages_key: str = "messages"
+    max_length: int | None = None
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self.processor.apply_chat_template(
@@ -41,8 +45,13 @@ class ChatCollator:
             return_dict=True,
             return_tensors="pt",
             return_assistant_tokens_mask=True,
-            processor_kwargs={"padding": True},
+            processor_kwargs=self.processor_kwargs(),
         )
         assistant_mask = batch.pop("assistant_masks").bool()
         batch["labels"] = batch["input_ids"].masked_fill(~assistant_mask, IGNORE_INDEX)
         return dict(batch)
+
+    def processor_kwargs(self) -> dict[str, Any]:
+        if self.max_length is None:
+            return {"padding": True}
+        return {"padding": True, "truncation": True, "max_length": self.max_length}
