@@ -70,8 +70,11 @@ class ImagePlacement:
     scale: float
 
     def client_point(self, pixel: tuple[int, int]) -> tuple[int, int]:
-        """Whole client coordinates over an image pixel, as a mouse can click them."""
-        return round(self.left + pixel[0] * self.scale), round(self.top + pixel[1] * self.scale)
+        """The first whole client coordinates (a mouse clicks whole ones) that Gradio reports as `pixel` or after it."""
+        return (
+            math.ceil(self.left + (pixel[0] - 0.5) * self.scale),
+            math.ceil(self.top + (pixel[1] - 0.5) * self.scale),
+        )
 
     def pixel_at(self, client: tuple[int, int]) -> list[int]:
         """The image pixel Gradio reports for a click there (its `Math.round` of the unscaled offset)."""
