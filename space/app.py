@@ -316,16 +316,29 @@ def build_page(demo: WebDemo) -> gr.Blocks:
             [image_input, prompt_type, *settings],
             [canvas, prompts, clicks, turns, chatbot, editor, status, code],
         )
+        # Quick clicks must all count: no progress overlay covers the picture, every prompt edit is queued
+        # ("multiple") and they run one at a time (one concurrency id), each reading the server-side states as the
+        # previous edit left them.
+        edit = {
+            "trigger_mode": "multiple",
+            "concurrency_id": "prompt-edits",
+            "concurrency_limit": 1,
+            "show_progress": "hidden",
+        }
         canvas.select(
-            demo.click, [image_input, prompts, clicks, prompt_type, color], [canvas, prompts, clicks, status]
+            demo.click, [image_input, prompts, clicks, prompt_type, color], [canvas, prompts, clicks, status], **edit
         )
         prompt_type.change(
-            lambda kind, placed: ([], click_status(kind, [], placed)), [prompt_type, prompts], [clicks, status]
+            lambda kind, placed: ([], click_status(kind, [], placed)), [prompt_type, prompts], [clicks, status], **edit
         )
-        finish.click(demo.finish_scribble, [image_input, prompts, clicks, color], [canvas, prompts, clicks, status])
-        add_mask.click(demo.add_mask, [image_input, prompts, editor, mask_type, color], [canvas, prompts, status])
-        undo.click(demo.undo, [image_input, prompts, clicks, prompt_type], [canvas, prompts, clicks, status])
-        clear.click(demo.clear_prompts, [image_input, prompt_type], [canvas, prompts, clicks, status])
+        finish.click(
+            demo.finish_scribble, [image_input, prompts, clicks, color], [canvas, prompts, clicks, status], **edit
+        )
+        add_mask.click(
+            demo.add_mask, [image_input, prompts, editor, mask_type, color], [canvas, prompts, status], **edit
+        )
+        undo.click(demo.undo, [image_input, prompts, clicks, prompt_type], [canvas, prompts, clicks, status], **edit)
+        clear.click(demo.clear_prompts, [image_input, prompt_type], [canvas, prompts, clicks, status], **edit)
         ask_inputs = [question, turns, image_input, prompts, *settings]
         ask_outputs = [chatbot, turns, question, status]
         send.click(demo.ask, ask_inputs, ask_outputs)
