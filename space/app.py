@@ -110,8 +110,17 @@ def messages_source(turns: list[Turn], question: str) -> str:
     return "messages = [\n" + "\n".join(lines) + "\n]"
 
 
+def model_loading_source(model) -> str:
+    """The line that loads the model as the page did; dtype and device appear only when not float32 on the CPU."""
+    dtype = str(model.dtype).removeprefix("torch.")
+    options = "" if dtype == "float32" else f", dtype=torch.{dtype}"
+    placement = "" if model.device.type == "cpu" else f'.to("{model.device}")'
+    return f"model = AutoModelForImageTextToText.from_pretrained(repo, trust_remote_code=True{options}){placement}"
+
+
 def code_for(
     model_name: str,
+    model_line: str,
     image_name: str,
     prompts: list[dict],
     turns: list[Turn],
@@ -122,12 +131,13 @@ def code_for(
     """The Python API call that asks the model the same thing as the page: same image, prompts, history, settings."""
     prompt_lines = "".join(f"    {prompt_source(prompt)}\n" for prompt in prompts)
     sampling = f"do_sample=True, temperature={temperature}" if temperature > 0 else "do_sample=False"
-    return f"""from PIL import Image
+    torch_import = "import torch\n" if "torch." in model_line else ""
+    return f"""{torch_import}from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 repo = {json.dumps(model_name)}
 processor = AutoProcessor.from_pretrained(repo, trust_remote_code=True)
-model = AutoModelForImageTextToText.from_pretrained(repo, trust_remote_code=True)
+{model_line}
 
 image = Image.open({json.dumps(image_name)}).convert("RGB")
 visual_prompts = [
@@ -183,8 +193,8 @@ class WebDemo:
         self.model = model
         self.processor = processor
         self.model_name = model_name
-        generation_config = model.generation_config
-        self.default_max_new_tokens = generation_config.max_new_tokens or 256
+        self.model_line = model_loading_source(model)
+        self.default_max_new_tokens = model.generation_config.max_new_tokens or 256
 
     def drawn(self, image_path: str | None, prompts: list[dict]) -> Image.Image | None:
         if image_path is None:
@@ -200,7 +210,9 @@ class WebDemo:
             history, asked = turns[:-1], turns[-1][0]
         else:
             history, asked = [], "Your question"
-        return code_for(self.model_name, image_name, prompts, history, asked, max_new_tokens, temperature)
+        return code_for(
+            self.model_name, self.model_line, image_name, prompts, history, asked, max_new_tokens, temperature
+        )
 
     def new_image(self, image_path, prompt_type, max_new_tokens, temperature):
         """A new image starts over: no prompts, no pending clicks, no conversation."""
