@@ -86,9 +86,8 @@ class ImagePlacement:
 
 @dataclass(frozen=True)
 class AskedPage:
-    """The page after the scenario, and what the scenario did."""
+    """What the page showed after the scenario, and the box its clicks placed."""
 
-    page: object
     box: list[int]
     answer: str
     canvas: Image.Image
@@ -224,7 +223,6 @@ def asked_page(app_server, browser_page, tmp_path_factory) -> AskedPage:
     page.screenshot(path=tmp_path_factory.mktemp("web-demo-screenshot") / "web_demo.png", full_page=True)
     canvas_png = page.request.get(canvas_image.evaluate("img => img.src")).body()
     return AskedPage(
-        page=page,
         box=box,
         answer=page.locator('#chat [data-testid="bot"]').last.inner_text().strip(),
         canvas=Image.open(io.BytesIO(canvas_png)).convert("RGB"),
