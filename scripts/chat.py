@@ -8,6 +8,7 @@ ends it). The default model is the tiny demo model in `demo/`, trained on a synt
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from threading import Thread
 
@@ -99,25 +100,33 @@ def draw_prompts_checked(processor, image: Image.Image, visual_prompts: list[dic
         raise UsageError(f"bad visual prompt: {error}") from None
 
 
-def stream_answer(model, processor, messages: list[dict], args: argparse.Namespace) -> str:
-    """Generates the assistant's reply to `messages`, printing it as it streams, and returns its text."""
+def answer_pieces(model, processor, messages: list[dict], max_new_tokens: int, temperature: float) -> Iterator[str]:
+    """Generates the assistant's reply to `messages` in a background thread, yielding its text piece by piece.
+
+    `temperature` 0 is greedy decoding; the web demo (`space/app.py`) streams through this too.
+    """
     inputs = processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     ).to(model.device)
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     generation = Thread(
         target=model.generate,
-        kwargs={**inputs, "streamer": streamer, "max_new_tokens": args.max_new_tokens, **sampling},
+        kwargs={**inputs, "streamer": streamer, "max_new_tokens": max_new_tokens, **sampling},
     )
     generation.start()
+    yield from streamer
+    generation.join()
+
+
+def stream_answer(model, processor, messages: list[dict], args: argparse.Namespace) -> str:
+    """Generates the assistant's reply to `messages`, printing it as it streams, and returns its text."""
     pieces = []
-    for piece in streamer:
+    for piece in answer_pieces(model, processor, messages, args.max_new_tokens, args.temperature):
         print(piece, end="", flush=True)
         pieces.append(piece)
-    generation.join()
     print()
     return "".join(pieces).strip()
 
