@@ -15,8 +15,8 @@ import functools
 
 import torch
 from harness import (
-    IMAGE_SIZES,
     REPO_ROOT,
+    add_image_sizes_argument,
     bench_config,
     interleaved_medians,
     load_repo_class,
@@ -110,19 +110,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved prefill forwards per model and image")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
-    parser.add_argument(
-        "--image-sizes", nargs="+", default=[f"{w}x{h}" for w, h in IMAGE_SIZES], help="WIDTHxHEIGHT of each image"
-    )
+    add_image_sizes_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     config = bench_config()
     models, processors = build_models(config), build_processors(config)
-    image_sizes = [tuple(int(side) for side in size.split("x")) for size in args.image_sizes]
     with torch.inference_mode():
         results = {
             size: measure_image_size(models, processors, size, args.repeats)
-            for size in tqdm(image_sizes, desc="image sizes")
+            for size in tqdm(args.image_sizes, desc="image sizes")
         }
     print_table(results, args)
 

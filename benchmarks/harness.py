@@ -5,6 +5,7 @@ fusion groups over 24 layers, 32 queries per tile, the original pinpoints) and s
 takes seconds: vision 24 layers × 64, language model 4 layers × 512 with the full 32001-token vocabulary.
 """
 
+import argparse
 import statistics
 import sys
 import time
@@ -56,6 +57,17 @@ def bench_config(**overrides):
     )
     config.auto_map = dict(AUTO_MAP)
     return config
+
+
+def add_image_sizes_argument(parser: argparse.ArgumentParser) -> None:
+    """`--image-sizes WIDTHxHEIGHT ...`, parsed to `(width, height)` tuples; defaults to `IMAGE_SIZES`."""
+    parser.add_argument(
+        "--image-sizes",
+        nargs="+",
+        type=lambda size: tuple(int(side) for side in size.split("x")),
+        default=IMAGE_SIZES,
+        help="WIDTHxHEIGHT of each test image (default: 640x480 1920x1080 4032x3024)",
+    )
 
 
 def photo_like_image(width: int, height: int, seed: int = 0) -> Image.Image:
