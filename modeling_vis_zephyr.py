@@ -258,6 +258,9 @@ class VisionZephyrPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
+    # The decode step (language model + head; images are read at prefill only) compiles as one graph with a static
+    # cache: tests/test_compile.py.
+    _can_compile_fullgraph = True
 
     @classmethod
     def from_pretrained(cls, *args, use_safetensors: bool | None = True, **kwargs):
