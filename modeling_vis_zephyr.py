@@ -166,10 +166,10 @@ class VisionZephyrQFormerCrossAttention(VisionZephyrQFormerAttention):
     """The queries' attention over a tile's fused patches, computed in the patches' own feature space.
 
     Projecting every patch to keys and values costs 2 × 576 × 5120 × 4096 multiply-adds per block and tile in the 7B
-    model, 3/4 of the Q-Former's work, for only 32 queries. Keys and values are linear in the patches, so the same
+    model, over 4/5 of the Q-Former's work, for only 32 queries. Keys and values are linear in the patches, so the same
     attention is obtained by moving the key projection onto the queries (q · W_k x = (W_kᵀ q) · x) and the value
     projection after the weighted sum (Σ p W_v x = W_v Σ p x). All heads then attend over the same patches, so they
-    become query rows of a single head: 8.5× fewer multiply-adds in the 7B cross-attention (fewer whenever the head
+    become query rows of a single head: 6.5× fewer multiply-adds in the 7B cross-attention (fewer whenever the head
     dim exceeds the number of queries). The key bias adds the same q · b_k to all scores of a query, which softmax
     ignores; the value bias is added once, as each query's attention weights sum to 1.
     """
