@@ -196,11 +196,12 @@ def main() -> None:
     processor = AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True)
     processor.num_query_tokens = model.model.visual_tokens_per_tile
     question = question_of(processor, args.question_tokens)
-    with torch.inference_mode():
-        results = {
-            setting: run_setting(model, processor, question, generation_kwargs(setting, args.dry_run), args)
-            for setting in tqdm(args.settings, desc="settings")
-        }
+    # No `inference_mode` around `generate` (which runs under `no_grad`): the static cache must stay usable by the
+    # compiled, CUDA-graphed decode step.
+    results = {
+        setting: run_setting(model, processor, question, generation_kwargs(setting, args.dry_run), args)
+        for setting in tqdm(args.settings, desc="settings")
+    }
     print_table(results, language_model_bytes(model), device_bandwidth_gbs(device, args.bandwidth_gbs), args)
 
 
