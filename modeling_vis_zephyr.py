@@ -122,18 +122,14 @@ class VisionZephyrQFormerAttention(nn.Module):
         self.v_proj = nn.Linear(key_value_size, hidden_size)
         self.o_proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(
+    def attend(
         self,
-        queries: torch.Tensor,
-        key_value_states: torch.Tensor,
+        query_states: torch.Tensor,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        batch_size, num_queries, _ = queries.shape
-        split_heads = (batch_size, -1, self.num_heads, self.head_dim)
-        query_states = self.q_proj(queries).view(split_heads).transpose(1, 2)
-        key_states = self.k_proj(key_value_states).view(split_heads).transpose(1, 2)
-        value_states = self.v_proj(key_value_states).view(split_heads).transpose(1, 2)
-
+        """`(batch, heads, length, dim)` states -> `(batch, length, heads, dim)` through the attention dispatch."""
         implementation = projector_attention_implementation(self.config)
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         attention_mask = None
@@ -149,7 +145,47 @@ class VisionZephyrQFormerAttention(nn.Module):
             dropout=0.0,
             is_causal=False,
         )
+        return attn_output
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        key_value_states: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch_size, num_queries, _ = queries.shape
+        split_heads = (batch_size, -1, self.num_heads, self.head_dim)
+        query_states = self.q_proj(queries).view(split_heads).transpose(1, 2)
+        key_states = self.k_proj(key_value_states).view(split_heads).transpose(1, 2)
+        value_states = self.v_proj(key_value_states).view(split_heads).transpose(1, 2)
+        attn_output = self.attend(query_states, key_states, value_states, key_padding_mask)
         return self.o_proj(attn_output.reshape(batch_size, num_queries, -1))
+
+
+class VisionZephyrQFormerCrossAttention(VisionZephyrQFormerAttention):
+    """The queries' attention over a tile's fused patches, computed in the patches' own feature space.
+
+    Projecting every patch to keys and values costs 2 × 576 × 5120 × 4096 multiply-adds per block and tile in the 7B
+    model, over 4/5 of the Q-Former's work, for only 32 queries. Keys and values are linear in the patches, so the same
+    attention is obtained by moving the key projection onto the queries (q · W_k x = (W_kᵀ q) · x) and the value
+    projection after the weighted sum (Σ p W_v x = W_v Σ p x). All heads then attend over the same patches, so they
+    become query rows of a single head: 6.5× fewer multiply-adds in the 7B cross-attention (fewer whenever the head
+    dim exceeds the number of queries). The key bias adds the same q · b_k to all scores of a query, which softmax
+    ignores; the value bias is added once, as each query's attention weights sum to 1.
+    """
+
+    def forward(self, queries: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
+        batch_size, num_queries, _ = queries.shape
+        feature_size = image_features.shape[-1]
+        query_states = self.q_proj(queries).view(batch_size, num_queries, self.num_heads, self.head_dim)
+        key_weight = self.k_proj.weight.view(self.num_heads, self.head_dim, feature_size)
+        value_weight = self.v_proj.weight.view(self.num_heads, self.head_dim, feature_size)
+        feature_queries = torch.einsum("bqhd,hdc->bhqc", query_states, key_weight)
+        patches = image_features[:, None]
+        attended = self.attend(feature_queries.reshape(batch_size, 1, -1, feature_size), patches, patches)
+        attended = attended.view(batch_size, self.num_heads, num_queries, feature_size)
+        head_outputs = torch.einsum("bhqc,hdc->bqhd", attended, value_weight).reshape(batch_size, num_queries, -1)
+        return self.o_proj(head_outputs + self.v_proj.bias)
 
 
 class VisionZephyrQFormerMLP(nn.Module):
@@ -172,7 +208,7 @@ class VisionZephyrQFormerLayer(GradientCheckpointingLayer):
         self.self_attn_norm = nn.LayerNorm(hidden_size, eps=eps)
         self.self_attn = VisionZephyrQFormerAttention(config, key_value_size=hidden_size)
         self.cross_attn_norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.cross_attn = VisionZephyrQFormerAttention(config, key_value_size=config.fused_vision_hidden_size)
+        self.cross_attn = VisionZephyrQFormerCrossAttention(config, key_value_size=config.fused_vision_hidden_size)
         self.mlp_norm = nn.LayerNorm(hidden_size, eps=eps)
         self.mlp = VisionZephyrQFormerMLP(config)
 
@@ -258,6 +294,9 @@ class VisionZephyrPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
+    # The decode step (language model + head; images are read at prefill only) compiles as one graph with a static
+    # cache: tests/test_compile.py.
+    _can_compile_fullgraph = True
 
     @classmethod
     def from_pretrained(cls, *args, use_safetensors: bool | None = True, **kwargs):

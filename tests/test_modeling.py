@@ -1,5 +1,6 @@
 """The model as users load and run it: Auto classes, generation, training, attention kernels, dtypes."""
 
+import copy
 import sys
 
 import pytest
@@ -148,6 +149,23 @@ def test_projector_falls_back_to_sdpa_where_its_kernel_cannot_serve(tiny_model):
         assert projector_attention_implementation(config) == "eager"
     finally:
         config._attn_implementation = original
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_cross_attention_in_feature_space_equals_projecting_every_patch(tiny_model, implementation):
+    modeling = sys.modules[type(tiny_model).__module__]
+    config = copy.deepcopy(tiny_model.config)
+    config._attn_implementation = implementation
+    cross_attention = modeling.VisionZephyrQFormerCrossAttention(config, config.fused_vision_hidden_size)
+    generator = torch.Generator().manual_seed(0)
+    for parameter in cross_attention.parameters():  # weights and biases well away from zero, scores far from uniform
+        torch.nn.init.normal_(parameter, std=0.3, generator=generator)
+    queries = torch.randn(3, QUERIES, config.text_config.hidden_size, generator=generator)
+    patches = torch.randn(3, 576, config.fused_vision_hidden_size, generator=generator)
+    with torch.no_grad():
+        reassociated = cross_attention(queries, patches)
+        textbook = modeling.VisionZephyrQFormerAttention.forward(cross_attention, queries, patches)
+    torch.testing.assert_close(reassociated, textbook, rtol=1e-5, atol=2e-4)
 
 
 def test_bfloat16_forward_and_generate_run(tiny_checkpoint):

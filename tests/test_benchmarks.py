@@ -1,0 +1,60 @@
+"""The benchmark scripts run end to end in a quick mode (tiny models, small images, one repeat); nothing is timed."""
+
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from make_tiny_checkpoint import tiny_config
+
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+import bench_decode  # noqa: E402
+import bench_gpu  # noqa: E402
+import bench_prefill  # noqa: E402
+import bench_processor  # noqa: E402
+
+
+def run_script(module, monkeypatch, capsys, *arguments: str) -> str:
+    monkeypatch.setattr(sys, "argv", [module.__file__, *arguments])
+    module.main()
+    return capsys.readouterr().out
+
+
+def test_processor_benchmark_prints_every_image_and_batch_size(monkeypatch, capsys):
+    output = run_script(
+        bench_processor, monkeypatch, capsys, "--repeats", "1", "--batch-sizes", "1", "2", "--image-sizes", "64x48"
+    )
+    rows = [line for line in output.splitlines() if line.lstrip().startswith("64×48")]
+    assert len(rows) == 2, f"expected one row per batch size, got:\n{output}"
+
+
+def test_decode_benchmark_compares_with_the_bare_mistral(monkeypatch, capsys):
+    monkeypatch.setattr(bench_decode, "bench_config", tiny_config)
+    output = run_script(bench_decode, monkeypatch, capsys, "--repeats", "1", "--new-tokens", "2")
+    assert "MistralForCausalLM" in output and "decode time ratio" in output, output
+
+
+def test_prefill_benchmark_counts_visual_tokens_of_both_models(monkeypatch, capsys):
+    monkeypatch.setattr(bench_prefill, "bench_config", tiny_config)
+    output = run_script(bench_prefill, monkeypatch, capsys, "--repeats", "1", "--image-sizes", "640x480")
+    row = next(line for line in output.splitlines() if line.lstrip().startswith("640×480"))
+    ours_tokens, llava_tokens = (int(cell) for cell in row.split("|")[1:3])
+    assert ours_tokens == 3 * 32, f"a 640×480 image is 3 tiles of 32 queries, the table says {ours_tokens}"
+    assert llava_tokens > 10 * ours_tokens, row
+
+
+def test_gpu_benchmark_dry_run_measures_every_batch_size(monkeypatch, capsys):
+    arguments = ["--dry-run", "--settings", "sdpa-dynamic-cache", "--repeats", "1", "--new-tokens", "2"]
+    output = run_script(bench_gpu, monkeypatch, capsys, *arguments, "--batch-sizes", "1", "2")
+    rows = [line for line in output.splitlines() if line.lstrip().startswith("sdpa-dynamic-cache")]
+    assert len(rows) == 2, f"expected one row per batch size, got:\n{output}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no GPU")
+def test_gpu_benchmark_without_cuda_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [bench_gpu.__file__])
+    with pytest.raises(SystemExit):
+        bench_gpu.main()
+    assert "needs a CUDA GPU" in capsys.readouterr().err
