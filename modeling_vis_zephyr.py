@@ -172,9 +172,14 @@ class VisionZephyrQFormerCrossAttention(VisionZephyrQFormerAttention):
     become query rows of a single head: 6.5× fewer multiply-adds in the 7B cross-attention (fewer whenever the head
     dim exceeds the number of queries). The key bias adds the same q · b_k to all scores of a query, which softmax
     ignores; the value bias is added once, as each query's attention weights sum to 1.
+
+    This needs `k_proj` and `v_proj` to be plain linear layers. PEFT adapters (LoRA) and quantised layers replace them
+    with modules whose output is not `x @ weight.T + bias`, so then the patches are projected the usual way.
     """
 
     def forward(self, queries: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
+        if not (type(self.k_proj) is nn.Linear and type(self.v_proj) is nn.Linear):
+            return super().forward(queries, image_features)
         batch_size, num_queries, _ = queries.shape
         feature_size = image_features.shape[-1]
         query_states = self.q_proj(queries).view(batch_size, num_queries, self.num_heads, self.head_dim)
