@@ -218,7 +218,7 @@ def _validated_prompt(prompt, index: int, image_size: tuple[int, int]) -> dict:
     default_alpha = DEFAULT_MASK_ALPHA if shape_type == "mask" else DEFAULT_ALPHA
     validated["alpha"] = _checked_alpha(prompt.get("alpha", default_alpha), f"{where}['alpha']")
     if size_key:
-        default_size = _default_size(size_key, image_size)
+        default_size = default_stroke_size(size_key, image_size)
         size = _checked_size(prompt.get(size_key, default_size), f"{where}[{size_key!r}]")
         # A stroke or disc this wide already covers the whole image; larger values made PIL overflow its C ints
         # (width >= 2**31) or spend minutes on a disc far bigger than the image (radius 10**7: ~1 min).
@@ -236,7 +236,8 @@ def _checked_type(prompt: Mapping, where: str) -> str:
     return shape_type
 
 
-def _default_size(size_key: str, image_size: tuple[int, int]) -> int:
+def default_stroke_size(size_key: str, image_size: tuple[int, int]) -> int:
+    """The default `width` (lines) or `radius` (points) in pixels for an image of `image_size` `(width, height)`."""
     scale = max(image_size) / SIZE_ANCHOR
     return max(int((8 if size_key == "radius" else 3) * scale), 1)
 

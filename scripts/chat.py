@@ -3,7 +3,7 @@
 With a QUESTION it answers once and exits; without one it starts a multi-turn chat (empty line, "exit" or "quit"
 ends it). The default model is the tiny demo model in `demo/`, trained on a synthetic shapes task:
 
-    python scripts/chat.py --image examples/demo.png --box 151,43,314,206 "What shape is marked?"
+    python scripts/chat.py --image examples/demo.png --box 151,43,314,206 "What color is the marked shape?"
 """
 
 import argparse

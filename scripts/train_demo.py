@@ -4,8 +4,10 @@ Every batch is generated fresh from a seeded generator and goes through the same
 processor draws the red visual prompt, tiles the image (anyres) and expands `<image>`; the prompt is the chat template
 with the question; the loss is the model's own `labels` loss on the answer word and `</s>` only.
 
-    python scripts/train_demo.py --output-dir /tmp/demo-run --steps 3000
-    python scripts/train_demo.py --output-dir /tmp/demo-run --steps 3000 --export demo   # resumes, then exports
+    python scripts/train_demo.py --output-dir /tmp/demo-run
+    python scripts/train_demo.py --output-dir /tmp/demo-run --export /tmp/demo-export   # resumes, then exports
+
+The defaults are the recipe of the committed `demo/` checkpoint (BENCHMARKS.md has its learning curve and accuracy).
 
 Checkpoints (model, optimizer, scheduler, step) are written to `OUTPUT_DIR/state.pt` every `--save-every` steps, so
 a run that is cut off resumes where it stopped. `--export DIR` writes the complete checkpoint folder (config with
@@ -15,27 +17,32 @@ a run that is cut off resumes where it stopped. `--export DIR` writes the comple
 import argparse
 import math
 import random
+import sys
 import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from demo_task import SHAPES_PER_IMAGE, DemoCase, make_case
+from collator import IGNORE_INDEX, ChatCollator
+from demo_task import QUESTIONS, SHAPES_PER_IMAGE, DemoCase, make_case
 from make_tiny_checkpoint import AUTO_MAP, REMOTE_CODE_FILES, REPO_ROOT, load_repo_class
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 
-IGNORE_INDEX = -100
 SINGLE_SHAPE = (1, 1)
+TWO_QUESTION_SHARE = 0.5
 IMAGE_PROCESSOR_CLASS = "image_processing_anyres.VisionZephyrImageProcessor"
 PROCESSOR_CLASS = "processing_vis_zephyr.VisionZephyrProcessor"
 # The demo's own sizes: 224-px tiles of 16-px patches (14x14 patches per tile). The prompts' default line width and
 # point radius scale for 336-px tiles; at 112-px tiles they shrank to 1-px lines and the model never found them, at
-# 224 px they stay 2 px wide. Pinpoints: the original's shapes (2x1, 1x2, 3x1, 1x3 tiles as (height, width)), scaled.
+# 224 px they stay 2 px wide. Pinpoints: a 2x2 grid first, then the original's shapes (2x1, 1x2, 3x1, 1x3 tiles as
+# (height, width)), scaled. Without the 2x2 grid a shape spans 2-4 patches in every tile and the tower trained from
+# scratch could not tell a square from a circle (chance after 900 steps); in a 2x2 grid it spans 4-8.
 TILE_SIZE = 224
 GRID_PINPOINTS = [
+    [2 * TILE_SIZE, 2 * TILE_SIZE],
     [2 * TILE_SIZE, TILE_SIZE],
     [TILE_SIZE, 2 * TILE_SIZE],
     [3 * TILE_SIZE, TILE_SIZE],
@@ -83,13 +90,21 @@ def demo_config():
 
 
 @torch.no_grad()
-def initialize_projector_for_training(model) -> None:
-    """Variance-preserving (LeCun normal) Q-Former weights and small learned queries.
+def initialize_for_training(model) -> None:
+    """Initialisation for training from scratch: 2-D sine-cosine tile positions and a variance-preserving Q-Former.
 
-    With the default init (linear std 0.02, queries ~N(0, 1)) the visual tokens are the queries' own content and vary
-    across images by ~0.3 % of their spread; trained from scratch the model then sat at chance for hundreds of steps.
-    This init makes them image-dependent from the first step.
+    Positions: CLIP's default random position embeddings carry no geometry, so the tower starts as a bag of patches
+    that sees colour at once but must learn where patches are before it can tell a triangle from a square or find the
+    shape next to a red mark. MAE-style 2-D sine-cosine values (row in one half of the channels, column in the other)
+    give that geometry from the first step; they stay trainable.
+
+    Q-Former: with the default init (linear std 0.02, queries ~N(0, 1)) the visual tokens are the queries' own content
+    and vary across images by ~0.3 % of their spread; trained from scratch the model then sat at chance for hundreds of
+    steps. LeCun-normal weights and small queries make them image-dependent from the first step.
     """
+    embeddings = model.model.vision_tower.embeddings
+    side = embeddings.image_size // embeddings.patch_size
+    embeddings.position_embedding.weight[1:] = sincos_2d_positions(side, embeddings.embed_dim)
     projector = model.model.multi_modal_projector
     projector.query_tokens.normal_(0.0, 0.02)
     for module in projector.modules():
@@ -98,30 +113,45 @@ def initialize_projector_for_training(model) -> None:
             module.bias.zero_()
 
 
-def conversation(case: DemoCase, with_answer: bool) -> list[dict]:
-    """The chat a user would send about `case` (and, for training, the assistant's answer)."""
-    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": case.question}]}
-    if not with_answer:
-        return [user]
-    return [user, {"role": "assistant", "content": [{"type": "text", "text": case.answer}]}]
+def sincos_2d_positions(side: int, dim: int) -> torch.Tensor:
+    """`(side * side, dim)` row-major patch positions: sine and cosine of the row, then of the column."""
+    frequencies = 1.0 / 100.0 ** (torch.arange(dim // 4) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+
+    def encode(coordinate: torch.Tensor) -> torch.Tensor:
+        angles = coordinate.flatten()[:, None].float() * frequencies[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1)
 
 
-def answer_token_count(processor, answer: str) -> int:
-    """Tokens the answer word and `</s>` become after the chat template's `<|assistant|>\\n` (e.g. `tri`,`angle`)."""
-    tokenizer = processor.tokenizer
-    head = tokenizer("<|assistant|>\n", add_special_tokens=False).input_ids
-    full = tokenizer(f"<|assistant|>\n{answer}</s>", add_special_tokens=False).input_ids
-    if full[: len(head)] != head:
-        raise ValueError(f"the answer {answer!r} changes the tokens of the prompt before it: {head} vs {full}")
-    return len(full) - len(head)
+def conversation(case: DemoCase) -> list[dict]:
+    """The chat a user would send about `case`."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": case.question}]}]
 
 
-def encode_cases(processor, cases: list[DemoCase], with_answers: bool) -> dict[str, torch.Tensor]:
-    """Processor inputs for `cases`; with answers, `labels` are -100 everywhere but the answer tokens and `</s>`."""
-    texts = [
-        processor.apply_chat_template(conversation(case, with_answers), add_generation_prompt=not with_answers)
-        for case in cases
-    ]
+def training_chat(case: DemoCase, visual_prompt: dict, both_questions: bool) -> list[dict]:
+    """`case`'s question and answer, optionally followed by the other question about the same marked shape.
+
+    Asking both questions of one image doubles the answers learned per pass of the vision tower, which dominates the
+    cost of a step; single-question chats stay in the mix because that is what users send.
+    """
+    image = {"type": "image", "image": case.image, "visual_prompts": [visual_prompt]}
+    kinds = [case.question_kind] + (
+        [kind for kind in QUESTIONS if kind != case.question_kind] if both_questions else []
+    )
+    chat = []
+    for turn, kind in enumerate(kinds):
+        question = {"type": "text", "text": QUESTIONS[kind]}
+        answer = case.target.kind if kind == "shape" else case.target.color
+        chat.append({"role": "user", "content": [image, question] if turn == 0 else [question]})
+        chat.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return chat
+
+
+def encode_cases(processor, cases: list[DemoCase]) -> dict[str, torch.Tensor]:
+    """Processor inputs for asking `cases`' questions, each image marked by its own prompt."""
+    texts = [processor.apply_chat_template(conversation(case), add_generation_prompt=True) for case in cases]
     batch = processor(
         text=texts,
         images=[case.image for case in cases],
@@ -129,43 +159,76 @@ def encode_cases(processor, cases: list[DemoCase], with_answers: bool) -> dict[s
         padding=True,
         return_tensors="pt",
     )
-    if with_answers:
-        # Left padding: every sequence ends with its answer tokens.
-        labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
-        for row, case in enumerate(cases):
-            count = answer_token_count(processor, case.answer)
-            labels[row, -count:] = batch["input_ids"][row, -count:]
-        batch["labels"] = labels
     return dict(batch)
 
 
 def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The model's own `labels` loss, with logits only where answers are (left padding puts them last).
+    """The model's own `labels` loss, with logits only from the first answer token on.
 
     The full-vocabulary head over every prompt position would cost more than the rest of the model together; the
     labels' next-token targets are sliced to the same last positions and given to the loss as `shift_labels`.
-    `labels` itself is still passed whole, so the Q-Former's text conditioning keeps hiding the answer.
+    `labels` itself is still passed whole, so the Q-Former's text conditioning keeps hiding the answers.
     """
     labels = batch["labels"]
-    kept = int((labels != IGNORE_INDEX).sum(-1).max()) + 1
+    first_answer = int((labels != IGNORE_INDEX).int().argmax(-1).min())
+    kept = labels.shape[1] - first_answer + 1
     shift_labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
     return model(**batch, logits_to_keep=kept, shift_labels=shift_labels[:, -kept:].contiguous()).loss
 
 
-def training_batch(processor, seed: int, step: int, batch_size: int, curriculum_steps: int) -> dict[str, torch.Tensor]:
+def training_batch(
+    collator: ChatCollator,
+    seed: int,
+    step: int,
+    batch_size: int,
+    curriculum_steps: int,
+    single_shape_floor: float,
+    salience_steps: int,
+) -> dict[str, torch.Tensor]:
     """The batch of `step`: its own generator, so a resumed run sees the same data as an uninterrupted one.
 
-    Curriculum: a share of single-shape scenes, 100 % at step 0 falling linearly to none at `curriculum_steps`. There
-    the answer is visible without finding the prompt, which teaches tower, Q-Former and LM to pass colour and shape
-    through before the prompt has to be located (without it the model sat at chance for 500+ steps).
+    Two curricula fade out linearly. Scenes: a share of single-shape scenes, 100 % at step 0 falling to
+    `single_shape_floor` at `curriculum_steps`; there the answer is visible without finding the prompt, which teaches
+    tower, Q-Former and LM to pass colour and shape through. The floor stays because telling the shapes apart is the
+    slowest thing the tower learns (chance on single shapes after 900 steps when the share fell to none at step 400). Prompts: drawn opaque and three times as thick at step 0, reaching the
+    processor's defaults (alpha 0.5, scaled 1-7 px lines) at `salience_steps`; the defaults' half-transparent thin
+    lines are a faint signal for a tower trained from scratch.
     """
     rng = random.Random(f"{seed}-{step}")
-    single_shape_share = max(0.0, 1.0 - step / curriculum_steps) if curriculum_steps else 0.0
-    cases = [
-        make_case(rng, SINGLE_SHAPE if rng.random() < single_shape_share else SHAPES_PER_IMAGE)
-        for _ in range(batch_size)
-    ]
-    return encode_cases(processor, cases, with_answers=True)
+    single_shape_share = max(single_shape_floor, fading_share(step, curriculum_steps))
+    salience = fading_share(step, salience_steps)
+    examples = []
+    for _ in range(batch_size):
+        case = make_case(rng, SINGLE_SHAPE if rng.random() < single_shape_share else SHAPES_PER_IMAGE)
+        prompt = salient_prompt(case.visual_prompt, case.image.size, salience)
+        examples.append({"messages": training_chat(case, prompt, both_questions=rng.random() < TWO_QUESTION_SHARE)})
+    return collator(examples)
+
+
+def fading_share(step: int, fade_steps: int) -> float:
+    return max(0.0, 1.0 - step / fade_steps) if fade_steps else 0.0
+
+
+def salient_prompt(prompt: dict, image_size: tuple[int, int], salience: float) -> dict:
+    """`prompt` with opacity and stroke raised by `salience` (0: the processor's defaults; 1: opaque, lines three
+    times as thick, points half as large again).
+
+    Box and ellipse grow outward by the extra half stroke, so a thick opaque frame never covers the shape it marks.
+    """
+    # The drawing code lives in the repository root (remote code), not in scripts/.
+    sys.path.insert(0, str(REPO_ROOT))
+    from visual_prompts import DEFAULT_ALPHA, default_stroke_size
+
+    salient = {**prompt, "alpha": DEFAULT_ALPHA + (1 - DEFAULT_ALPHA) * salience}
+    if prompt["type"] == "point":
+        return {**salient, "radius": round(default_stroke_size("radius", image_size) * (1 + 0.5 * salience))}
+    default_width = default_stroke_size("width", image_size)
+    width = round(default_width * (1 + 2 * salience))
+    if prompt["type"] in ("box", "ellipse"):
+        grow = (width - default_width) / 2
+        left, top, right, bottom = prompt["xyxy"]
+        salient["xyxy"] = [left - grow, top - grow, right + grow, bottom + grow]
+    return {**salient, "width": width}
 
 
 @torch.no_grad()
@@ -175,7 +238,7 @@ def first_token_accuracy(model, processor, cases: list[DemoCase], batch_size: in
     correct = 0
     for start in range(0, len(cases), batch_size):
         chunk = cases[start : start + batch_size]
-        batch = encode_cases(processor, chunk, with_answers=False)
+        batch = encode_cases(processor, chunk)
         predicted = model(**batch, logits_to_keep=1).logits[:, -1].argmax(-1)
         for case, token in zip(chunk, predicted.tolist(), strict=True):
             correct += token == first_answer_token(processor, case.answer)
@@ -202,6 +265,8 @@ def train(
     eval_every: int,
     eval_cases: list[DemoCase],
     curriculum_steps: int,
+    single_shape_floor: float,
+    salience_steps: int,
 ) -> None:
     """AdamW with linear warm-up and cosine decay; resumes from `output_dir/state.pt` when it exists."""
     torch.manual_seed(seed)
@@ -213,10 +278,12 @@ def train(
     start_step = load_state(state_path, model, optimizer, scheduler)
     log_path = output_dir / "log.tsv"
     started = time.monotonic()
+    collator = ChatCollator(processor)
     progress = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="training", unit="step")
     model.train()
     for step in progress:
-        loss = answer_loss(model, training_batch(processor, seed, step, batch_size, curriculum_steps))
+        batch = training_batch(collator, seed, step, batch_size, curriculum_steps, single_shape_floor, salience_steps)
+        loss = answer_loss(model, batch)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -285,15 +352,23 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("/tmp/demo-run"), help="training state and log")
     parser.add_argument("--export", type=Path, help="write the complete checkpoint folder here after training")
-    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--warmup-steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=2400, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training data")
-    parser.add_argument("--curriculum-steps", type=int, default=600, help="steps until no single-shape scenes")
+    parser.add_argument(
+        "--curriculum-steps", type=int, default=400, help="steps until single-shape scenes fall to the floor"
+    )
+    parser.add_argument(
+        "--single-shape-floor", type=float, default=0.3, help="share of single-shape scenes after the curriculum"
+    )
+    parser.add_argument(
+        "--salience-steps", type=int, default=1200, help="steps until prompts are drawn with the default style"
+    )
     parser.add_argument("--save-every", type=int, default=100, help="steps between resumable checkpoints")
-    parser.add_argument("--eval-every", type=int, default=100, help="steps between held-out accuracy checks")
-    parser.add_argument("--eval-cases", type=int, default=128, help="held-out cases of the accuracy check")
+    parser.add_argument("--eval-every", type=int, default=200, help="steps between held-out accuracy checks")
+    parser.add_argument("--eval-cases", type=int, default=96, help="held-out cases of the accuracy check")
     parser.add_argument("--eval-seed", type=int, default=10_000, help="seed of the held-out cases")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return parser.parse_args()
@@ -306,7 +381,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     processor = demo_processor()
     model = load_repo_class("VisionZephyrForConditionalGeneration")(demo_config())
-    initialize_projector_for_training(model)
+    initialize_for_training(model)
     rng = random.Random(args.eval_seed)
     eval_cases = [make_case(rng) for _ in range(args.eval_cases)]
     train(
@@ -322,6 +397,8 @@ def main() -> None:
         args.eval_every,
         eval_cases,
         args.curriculum_steps,
+        args.single_shape_floor,
+        args.salience_steps,
     )
     if args.export:
         export_checkpoint(model.eval(), processor, args.export)
