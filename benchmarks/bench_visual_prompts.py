@@ -9,16 +9,14 @@ Both go through `VisionZephyrImageProcessor` (loaded as remote code), timed in t
 import argparse
 import statistics
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
+from harness import REPO_ROOT, milliseconds
 from PIL import Image
 from tqdm import tqdm
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from visual_prompts import draw_visual_prompts  # noqa: E402
@@ -49,12 +47,6 @@ def benchmark_prompts() -> list[dict]:
         {"type": "mask", "mask": elliptic_mask((1500, 900), (250, 140)), "color": "blue", "label": "7"},
         {"type": "mask_contour", "mask": elliptic_mask((450, 330), (200, 150)), "color": "gold", "label": "8"},
     ]
-
-
-def milliseconds(function) -> float:
-    start = time.perf_counter()
-    function()
-    return 1000 * (time.perf_counter() - start)
 
 
 def main() -> None:

@@ -31,6 +31,12 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 
+# The drawing code lives in the repository root (remote code), not in scripts/.
+sys.path.insert(0, str(REPO_ROOT))
+
+from visual_prompts import DEFAULT_ALPHA, default_stroke_size  # noqa: E402
+
+
 SINGLE_SHAPE = (1, 1)
 TWO_QUESTION_SHARE = 0.5
 IMAGE_PROCESSOR_CLASS = "image_processing_anyres.VisionZephyrImageProcessor"
@@ -215,10 +221,6 @@ def salient_prompt(prompt: dict, image_size: tuple[int, int], salience: float) -
 
     Box and ellipse grow outward by the extra half stroke, so a thick opaque frame never covers the shape it marks.
     """
-    # The drawing code lives in the repository root (remote code), not in scripts/.
-    sys.path.insert(0, str(REPO_ROOT))
-    from visual_prompts import DEFAULT_ALPHA, default_stroke_size
-
     salient = {**prompt, "alpha": DEFAULT_ALPHA + (1 - DEFAULT_ALPHA) * salience}
     if prompt["type"] == "point":
         return {**salient, "radius": round(default_stroke_size("radius", image_size) * (1 + 0.5 * salience))}
