@@ -335,7 +335,7 @@ def demo_processor():
     )
     return get_class_from_dynamic_module(PROCESSOR_CLASS, str(REPO_ROOT))(
         image_processor=image_processor,
-        tokenizer=AutoTokenizer.from_pretrained(REPO_ROOT),
+        tokenizer=AutoTokenizer.from_pretrained(REPO_ROOT, trust_remote_code=True),
         chat_template=(REPO_ROOT / "chat_template.jinja").read_text(),
         num_query_tokens=PROJECTOR_CONFIG["num_query_tokens"],
     )

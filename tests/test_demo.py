@@ -16,6 +16,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
+import demo_recipe_sweep  # noqa: E402
+import demo_task  # noqa: E402
+import train_demo  # noqa: E402
 from demo_task import PROMPT_TYPES, QUESTIONS, SHAPE_COLORS, SHAPE_KINDS, make_case, make_cases  # noqa: E402
 from eval_demo import accuracy_table, generate_answers, load_demo  # noqa: E402
 
@@ -133,3 +136,18 @@ def test_demo_model_answers_fresh_cases(fresh_cases, prompted_answers):
 def test_demo_weights_stay_small():
     size = (DEMO_DIR / "model.safetensors").stat().st_size
     assert size <= 20 * 2**20, f"demo weights are {size / 2**20:.1f} MiB, the budget is 20 MB"
+
+
+def test_recipe_sweep_shape_only_batches_ask_only_for_shapes_and_big_shapes_shrink_to_the_task_sizes():
+    sweep = demo_recipe_sweep
+    recipe = sweep.VARIANTS["Z2_big_fading"]
+    assert sweep.single_shape_sizes(recipe, 0) == pytest.approx(sweep.BIG_SHAPES)
+    assert sweep.single_shape_sizes(recipe, recipe["big_steps"]) == pytest.approx((0.15, 0.30))
+    processor = train_demo.demo_processor()
+    batch = sweep.VariantBatches(processor, recipe, steps=1)[0]
+    answers = [
+        processor.tokenizer.decode(labels[labels != -100], skip_special_tokens=True).strip()
+        for labels in batch["labels"]
+    ]
+    assert set(answers) <= set(SHAPE_KINDS) and len(answers) == 16, answers
+    assert demo_task.SHAPE_SIZE_FRACTIONS == (0.15, 0.30), "the sweep must restore the task's shape sizes"
