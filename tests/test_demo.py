@@ -151,3 +151,31 @@ def test_recipe_sweep_shape_only_batches_ask_only_for_shapes_and_big_shapes_shri
     ]
     assert set(answers) <= set(SHAPE_KINDS) and len(answers) == 16, answers
     assert demo_task.SHAPE_SIZE_FRACTIONS == (0.15, 0.30), "the sweep must restore the task's shape sizes"
+
+
+def test_edge_filters_respond_most_to_a_patch_dark_on_the_side_they_point_to():
+    filters = train_demo.oriented_edge_filters(16, 16)
+    centred = torch.arange(16.0) - 7.5
+    ys, xs = torch.meshgrid(centred, centred, indexing="ij")
+    for index in range(16):
+        angle = 2 * math.pi * index / 16
+        dark_side = (math.cos(angle) * xs + math.sin(angle) * ys) > 0
+        patch = torch.where(dark_side, 0.0, 1.0).expand(3, -1, -1)
+        responses = (filters * patch).sum((1, 2, 3))
+        assert int(responses.argmax()) == index, f"edge at {math.degrees(angle):.0f}°: responses {responses}"
+
+
+def test_tower_pretraining_changes_only_the_tower_and_a_resumed_run_reuses_it(tmp_path):
+    torch.manual_seed(0)
+    model = train_demo.load_repo_class("VisionZephyrForConditionalGeneration")(train_demo.demo_config())
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    processor = train_demo.demo_processor()
+    train_demo.pretrain_tower(model, processor, tmp_path, steps=2, batch_size=2, seed=0)
+    changed = {name for name, value in model.state_dict().items() if not torch.equal(value, before[name])}
+    assert changed and all(name.startswith("model.vision_tower.") for name in changed), sorted(changed)[:5]
+    trained_tower = {name: value.clone() for name, value in model.model.vision_tower.state_dict().items()}
+
+    fresh = train_demo.load_repo_class("VisionZephyrForConditionalGeneration")(train_demo.demo_config())
+    train_demo.pretrain_tower(fresh, processor, tmp_path, steps=2, batch_size=2, seed=0)
+    for name, value in fresh.model.vision_tower.state_dict().items():
+        assert torch.equal(value, trained_tower[name]), f"{name} was not restored from tower.pt"
