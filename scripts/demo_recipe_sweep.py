@@ -112,9 +112,10 @@ class VariantBatches(torch.utils.data.Dataset):
         shape_only = recipe["data"] == "shape_single"
         for _ in range(16):
             single = shape_only or rng.random() < single_share
-            demo_task.SHAPE_SIZE_FRACTIONS = single_sizes if single else TASK_SIZES
-            case = make_case(rng, train_demo.SINGLE_SHAPE if single else demo_task.SHAPES_PER_IMAGE)
-            demo_task.SHAPE_SIZE_FRACTIONS = TASK_SIZES
+            if single:
+                case = make_case(rng, train_demo.SINGLE_SHAPE, single_sizes)
+            else:
+                case = make_case(rng, demo_task.SHAPES_PER_IMAGE, TASK_SIZES)
             if shape_only:
                 case = dataclasses.replace(case, question_kind="shape")
             prompt = train_demo.salient_prompt(case.visual_prompt, case.image.size, salience)

@@ -102,7 +102,11 @@ class DemoCase:
 
 
 def sample_shapes(
-    rng: random.Random, width: int, height: int, shapes_per_image: tuple[int, int] = SHAPES_PER_IMAGE
+    rng: random.Random,
+    width: int,
+    height: int,
+    shapes_per_image: tuple[int, int] = SHAPES_PER_IMAGE,
+    size_fractions: tuple[float, float] = SHAPE_SIZE_FRACTIONS,
 ) -> tuple[Shape, ...]:
     """2-4 shapes (or `shapes_per_image`) with distinct (kind, colour) whose keep-out discs do not overlap and stay
     inside the canvas."""
@@ -111,7 +115,7 @@ def sample_shapes(
         styles = rng.sample([(kind, color) for kind in SHAPE_KINDS for color in SHAPE_COLORS], count)
         shapes: list[Shape] = []
         for kind, color in styles:
-            shape = _place_shape(rng, kind, color, width, height, shapes)
+            shape = _place_shape(rng, kind, color, width, height, shapes, size_fractions)
             if shape is None:
                 break
             shapes.append(shape)
@@ -120,9 +124,15 @@ def sample_shapes(
 
 
 def _place_shape(
-    rng: random.Random, kind: str, color: str, width: int, height: int, placed: list[Shape]
+    rng: random.Random,
+    kind: str,
+    color: str,
+    width: int,
+    height: int,
+    placed: list[Shape],
+    size_fractions: tuple[float, float],
 ) -> Shape | None:
-    size = rng.uniform(*SHAPE_SIZE_FRACTIONS) * min(width, height)
+    size = rng.uniform(*size_fractions) * min(width, height)
     # Box and ellipse prompts around the shape stay inside the canvas.
     border = size / math.sqrt(2) + PROMPT_MARGIN_FRACTION * size + 4
     for _ in range(PLACEMENT_ATTEMPTS):
@@ -197,14 +207,19 @@ def render_scene(width: int, height: int, shapes: tuple[Shape, ...]) -> Image.Im
     return image
 
 
-def make_case(rng: random.Random, shapes_per_image: tuple[int, int] = SHAPES_PER_IMAGE) -> DemoCase:
+def make_case(
+    rng: random.Random,
+    shapes_per_image: tuple[int, int] = SHAPES_PER_IMAGE,
+    size_fractions: tuple[float, float] = SHAPE_SIZE_FRACTIONS,
+) -> DemoCase:
     """One fresh case drawn from `rng`: scene, marked shape, prompt type and question all uniform.
 
-    `shapes_per_image` other than the task's (2, 4) is only for training curricula (e.g. single-shape warm-up scenes).
+    `shapes_per_image` and `size_fractions` other than the task's (2-4 shapes, 15-30 % of the shorter side) are only
+    for training curricula and experiments (e.g. single-shape warm-up scenes, big shapes).
     """
     while True:
         width, height = rng.randint(*CANVAS_SIDES), rng.randint(*CANVAS_SIDES)
-        shapes = sample_shapes(rng, width, height, shapes_per_image)
+        shapes = sample_shapes(rng, width, height, shapes_per_image, size_fractions)
         target = rng.choice(shapes)
         visual_prompt = visual_prompt_for(rng, rng.choice(PROMPT_TYPES), target, shapes, (width, height))
         if visual_prompt is not None:

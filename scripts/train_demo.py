@@ -224,9 +224,10 @@ def training_batch(
     Two curricula fade out linearly. Scenes: a share of single-shape scenes, 100 % at step 0 falling to
     `single_shape_floor` at `curriculum_steps`; there the answer is visible without finding the prompt, which teaches
     tower, Q-Former and LM to pass colour and shape through. The floor stays because telling the shapes apart is the
-    slowest thing the tower learns (chance on single shapes after 900 steps when the share fell to none at step 400). Prompts: drawn opaque and three times as thick at step 0, reaching the
-    processor's defaults (alpha 0.5, scaled 1-7 px lines) at `salience_steps`; the defaults' half-transparent thin
-    lines are a faint signal for a tower trained from scratch.
+    slowest thing the tower learns (chance on single shapes after 900 steps when the share fell to none at step 400).
+    Prompts: drawn opaque and three times as thick at step 0, reaching the processor's defaults (alpha 0.5, scaled
+    1-7 px lines) at `salience_steps`; the defaults' half-transparent thin lines are a faint signal for a tower trained
+    from scratch.
     """
     rng = random.Random(f"{seed}-{step}")
     single_shape_share = max(single_shape_floor, fading_share(step, curriculum_steps))
