@@ -13,6 +13,7 @@ the baseline that training should beat:
 import argparse
 import dataclasses
 import random
+import sys
 
 import torch
 import train_demo
@@ -26,6 +27,7 @@ TRAIN_IMAGES, TEST_IMAGES = 320, 160
 @torch.no_grad()
 def stage_features(model, processor, cases) -> dict[str, torch.Tensor]:
     """`(len(cases), dim)` features per stage, each case asked the shape question."""
+    num_tiles_from_grid = sys.modules[type(model).__module__].num_tiles_from_grid  # the processor's own count
     features: dict[str, list[torch.Tensor]] = {
         "tower, mean over patches": [],
         "tower, max over patches": [],
@@ -41,7 +43,7 @@ def stage_features(model, processor, cases) -> dict[str, torch.Tensor]:
         batch = train_demo.encode_cases(processor, chunk)
         grids = model.model.image_grid_shapes(batch.get("image_sizes"), batch.get("image_grids"))
         image_outputs = model.model.get_image_features(batch["pixel_values"], image_grids=torch.tensor(grids))
-        tiles_per_image = [1 + rows * cols for rows, cols in grids]
+        tiles_per_image = [num_tiles_from_grid(grid) for grid in grids]
         per_image = torch.split(image_outputs.last_hidden_state, tiles_per_image)
         tokens_per_tile = model.model.visual_tokens_per_tile
         for fused, tokens in zip(per_image, image_outputs.pooler_output, strict=True):
