@@ -101,9 +101,10 @@ class VariantBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         recipe = self.recipe
         if "data" not in recipe:
-            return train_demo.training_batch(
+            batch, _ = train_demo.training_batch(
                 self.collator, 0, step, 16, recipe.get("curriculum", 400), recipe.get("floor", 0.3), 1200
             )
+            return batch
         rng = random.Random(f"0-{step}")
         salience = train_demo.fading_share(step, recipe.get("salience", 1200))
         single_sizes = single_shape_sizes(recipe, step)

@@ -2,14 +2,16 @@
 
 Every batch is generated fresh from a seeded generator and goes through the same code path as users' inputs: the
 processor draws the red visual prompt, tiles the image (anyres) and expands `<image>`; the prompt is the chat template
-with the question; the loss is the model's own `labels` loss on the answer word and `</s>` only.
+with the question; the loss is the model's own `labels` loss on the answer word and `</s>` only, plus an auxiliary
+loss on the marked shape read from the Q-Former's tokens by a throw-away head. A stage 0 first teaches the vision
+tower shapes and colours on its own (`pretrain_tower`), as the real model starts from a pre-trained CLIP.
 
     python scripts/train_demo.py --output-dir /tmp/demo-run
     python scripts/train_demo.py --output-dir /tmp/demo-run --export /tmp/demo-export   # resumes, then exports
 
-The defaults are the recipe of the committed `demo/` checkpoint (BENCHMARKS.md has its learning curve and accuracy).
-`--edge-filters --tower-steps 600 --steps 2000` is the experimental v8 recipe (a shape pre-training stage for the
-tower), which BENCHMARKS.md also reports.
+The defaults are the recipe of the committed `demo/` checkpoint (v10 in BENCHMARKS.md, with its learning curve, the
+earlier recipes and what each one showed). `--edge-filter-channels 0 --tower-steps 0 --auxiliary-weight 0 --steps
+2400` is v7, the recipe without stage 0 and the auxiliary loss.
 
 Checkpoints (model, optimizer, scheduler, step) are written to `OUTPUT_DIR/state.pt` every `--save-every` steps, so
 a run that is cut off resumes where it stopped. `--export DIR` writes the complete checkpoint folder (config with
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from collator import IGNORE_INDEX, ChatCollator
-from demo_task import QUESTIONS, SHAPE_KINDS, SHAPES_PER_IMAGE, DemoCase, make_case
+from demo_task import QUESTIONS, SHAPE_COLORS, SHAPE_KINDS, SHAPES_PER_IMAGE, DemoCase, make_case
 from make_tiny_checkpoint import AUTO_MAP, REMOTE_CODE_FILES, REPO_ROOT, load_repo_class
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
@@ -98,7 +100,7 @@ def demo_config():
 
 
 @torch.no_grad()
-def initialize_for_training(model, edge_filters: bool = False) -> None:
+def initialize_for_training(model, edge_filter_channels: int = 0) -> None:
     """Initialisation for training from scratch: 2-D sine-cosine tile positions and a variance-preserving Q-Former.
 
     Positions: CLIP's default random position embeddings carry no geometry, so the tower starts as a bag of patches
@@ -106,12 +108,12 @@ def initialize_for_training(model, edge_filters: bool = False) -> None:
     shape next to a red mark. MAE-style 2-D sine-cosine values (row in one half of the channels, column in the other)
     give that geometry from the first step; they stay trainable.
 
-    Patch embedding, with `edge_filters` (experimental, not the committed recipe): oriented edge detectors
-    (derivative-of-Gaussian filters), the kind of filters a trained vision model's first layer holds. A shape is told
-    apart by the directions of its edges; with these filters the tower's shape probe (attention pooling + linear head,
-    batch 32) reached 87 % after 500 steps against 72 % from the default random init (one run each). They are blind
-    to the fill colour (zero-mean, the same on the three channels), and the whole model trained from them learned the
-    colour question far later (BENCHMARKS.md, v8).
+    Patch embedding: the first `edge_filter_channels` channels start as oriented edge detectors (derivative-of-Gaussian
+    filters), the kind of filters a trained vision model's first layer holds. A shape is told apart by the directions
+    of its edges; with all channels so initialised the tower's shape probe (attention pooling + linear head, batch 32)
+    reached 87 % after 500 steps against 72 % from the default random init (one run each). They are blind to colour
+    (zero-mean, the same on the three channels): the whole model trained from them alone learned the colour question
+    far later and found the red prompt poorly (BENCHMARKS.md, v8), so the other channels keep the default init.
 
     Q-Former: with the default init (linear std 0.02, queries ~N(0, 1)) the visual tokens are the queries' own content
     and vary across images by ~0.3 % of their spread; trained from scratch the model then sat at chance for hundreds of
@@ -120,9 +122,11 @@ def initialize_for_training(model, edge_filters: bool = False) -> None:
     embeddings = model.model.vision_tower.embeddings
     side = embeddings.image_size // embeddings.patch_size
     embeddings.position_embedding.weight[1:] = sincos_2d_positions(side, embeddings.embed_dim)
-    if edge_filters:
-        weight = embeddings.patch_embedding.weight
-        weight.copy_(oriented_edge_filters(weight.shape[0], embeddings.patch_size) + 0.01 * torch.randn_like(weight))
+    if edge_filter_channels:
+        weight = embeddings.patch_embedding.weight[:edge_filter_channels]
+        weight.copy_(
+            oriented_edge_filters(edge_filter_channels, embeddings.patch_size) + 0.01 * torch.randn_like(weight)
+        )
     projector = model.model.multi_modal_projector
     projector.query_tokens.normal_(0.0, 0.02)
     for module in projector.modules():
@@ -218,8 +222,9 @@ def training_batch(
     curriculum_steps: int,
     single_shape_floor: float,
     salience_steps: int,
-) -> dict[str, torch.Tensor]:
-    """The batch of `step`: its own generator, so a resumed run sees the same data as an uninterrupted one.
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The batch of `step` and its marked shapes' `(kind, colour)` indices: its own generator, so a resumed run sees
+    the same data as an uninterrupted one.
 
     Two curricula fade out linearly. Scenes: a share of single-shape scenes, 100 % at step 0 falling to
     `single_shape_floor` at `curriculum_steps`; there the answer is visible without finding the prompt, which teaches
@@ -232,12 +237,18 @@ def training_batch(
     rng = random.Random(f"{seed}-{step}")
     single_shape_share = max(single_shape_floor, fading_share(step, curriculum_steps))
     salience = fading_share(step, salience_steps)
-    examples = []
+    examples, marked = [], []
     for _ in range(batch_size):
         case = make_case(rng, SINGLE_SHAPE if rng.random() < single_shape_share else SHAPES_PER_IMAGE)
         prompt = salient_prompt(case.visual_prompt, case.image.size, salience)
         examples.append({"messages": training_chat(case, prompt, both_questions=rng.random() < TWO_QUESTION_SHARE)})
-    return collator(examples)
+        marked.append(attribute_indices(case))
+    return collator(examples), torch.tensor(marked)
+
+
+def attribute_indices(case: DemoCase) -> tuple[int, int]:
+    """The marked shape's kind and colour as class indices (`SHAPE_KINDS`, `SHAPE_COLORS` order)."""
+    return SHAPE_KINDS.index(case.target.kind), list(SHAPE_COLORS).index(case.target.color)
 
 
 def fading_share(step: int, fade_steps: int) -> float:
@@ -263,21 +274,22 @@ def salient_prompt(prompt: dict, image_size: tuple[int, int], salience: float) -
 
 
 def pretrain_tower(model, processor, output_dir: Path, steps: int, batch_size: int, seed: int) -> None:
-    """Stage 0: the vision tower learns shapes with a throw-away head, before the whole model trains on answers.
+    """Stage 0: the vision tower learns shape and colour with a throw-away head, before the whole model trains on answers.
 
     The real model starts from a pre-trained CLIP; this one cannot. Trained end to end from scratch, the tower never
     learned to tell the shapes apart (the shape question stayed at chance in every variant of BENCHMARKS.md's sweep),
-    although on its own, with one attention-pooling query and a linear head on its fused features, it learns them in
-    a few hundred steps. So it first does that on single-shape scenes' base views (prompt drawn, as the model sees
-    them); the head is then discarded. The tower's state is saved to `output_dir/tower.pt`, which a resumed run reuses.
+    although on its own, with an attention-pooling query and a linear head on its fused features, it learns them in a
+    few hundred steps. So it first does that on single-shape scenes' base views (prompt drawn, as the model sees them),
+    for the shape and, with a second query and head, the colour: trained on shape alone it lost the colour that the
+    end-to-end model finds the red prompt by. The heads are then discarded. The tower's state is saved to
+    `output_dir/tower.pt`, which a resumed run reuses.
     """
     tower_path = output_dir / "tower.pt"
     tower = model.model.vision_tower
     if tower_path.exists():
         tower.load_state_dict(torch.load(tower_path, weights_only=True))
         return
-    fused_size = model.config.fused_vision_hidden_size
-    head = ShapeProbeHead(fused_size, len(SHAPE_KINDS))
+    head = AttributeProbeHead(model.config.fused_vision_hidden_size, (len(SHAPE_KINDS), len(SHAPE_COLORS)))
     parameters = list(tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=2e-3, weight_decay=0.01, betas=(0.9, 0.98))
     fuse = sys.modules[type(model).__module__].fuse_vision_layers
@@ -292,8 +304,8 @@ def pretrain_tower(model, processor, output_dir: Path, steps: int, batch_size: i
             return_tensors="pt",
         )["pixel_values"][:, 0]
         hidden_states = tower(tiles, output_hidden_states=True).hidden_states
-        labels = torch.tensor([SHAPE_KINDS.index(case.target.kind) for case in cases])
-        loss = torch.nn.functional.cross_entropy(head(fuse(hidden_states, layers)), labels)
+        attributes = torch.tensor([attribute_indices(case) for case in cases])
+        loss = attribute_loss(head(fuse(hidden_states, layers)), attributes)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
@@ -302,19 +314,41 @@ def pretrain_tower(model, processor, output_dir: Path, steps: int, batch_size: i
     torch.save(tower.state_dict(), tower_path)
 
 
-class ShapeProbeHead(torch.nn.Module):
-    """One learned query attending over a tile's fused patches, then a linear classifier."""
+class AttributeProbeHead(torch.nn.Module):
+    """Per attribute, one learned query attending over a tile's fused patches, then a linear classifier."""
 
-    def __init__(self, feature_size: int, num_classes: int):
+    def __init__(self, feature_size: int, classes_per_attribute: tuple[int, ...]):
         super().__init__()
         self.norm = torch.nn.LayerNorm(feature_size)
-        self.query = torch.nn.Parameter(torch.randn(feature_size) * 0.02)
-        self.classifier = torch.nn.Linear(feature_size, num_classes)
+        self.queries = torch.nn.Parameter(torch.randn(len(classes_per_attribute), feature_size) * 0.02)
+        self.classifiers = torch.nn.ModuleList(torch.nn.Linear(feature_size, count) for count in classes_per_attribute)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.norm(features)
-        weights = torch.softmax(features @ self.query / features.shape[-1] ** 0.5, dim=1)
-        return self.classifier(torch.einsum("bp,bpc->bc", weights, features))
+        weights = torch.softmax(features @ self.queries.T / features.shape[-1] ** 0.5, dim=1)
+        pooled = torch.einsum("bpa,bpc->bac", weights, features)
+        return tuple(classifier(pooled[:, index]) for index, classifier in enumerate(self.classifiers))
+
+
+def attribute_loss(logits: tuple[torch.Tensor, ...], attributes: torch.Tensor) -> torch.Tensor:
+    """Sum of the cross-entropies of each attribute's logits against its column of `attributes`."""
+    return sum(
+        torch.nn.functional.cross_entropy(attribute_logits, attributes[:, index])
+        for index, attribute_logits in enumerate(logits)
+    )
+
+
+def marked_shape_loss(
+    head: AttributeProbeHead, visual_tokens: torch.Tensor, input_ids: torch.Tensor, image_token_id: int, attributes
+) -> torch.Tensor:
+    """Auxiliary loss: the marked shape's kind and colour, read by `head` from each image's Q-Former tokens.
+
+    `visual_tokens` is the projector's `(num_tiles, num_query_tokens, hidden_size)` output for the batch, one image per
+    chat; each chat's `<image>` tokens say how many of them are its image's.
+    """
+    per_image = torch.split(visual_tokens.flatten(0, 1), (input_ids == image_token_id).sum(1).tolist())
+    logits = [head(tokens[None]) for tokens in per_image]
+    return attribute_loss(tuple(torch.cat(column) for column in zip(*logits, strict=True)), attributes)
 
 
 @torch.no_grad()
@@ -353,25 +387,43 @@ def train(
     curriculum_steps: int,
     single_shape_floor: float,
     salience_steps: int,
+    auxiliary_weight: float,
 ) -> None:
-    """AdamW with linear warm-up and cosine decay; resumes from `output_dir/state.pt` when it exists."""
+    """AdamW with linear warm-up and cosine decay; resumes from `output_dir/state.pt` when it exists.
+
+    With `auxiliary_weight`, a throw-away `AttributeProbeHead` also reads the marked shape's kind and colour from each
+    image's Q-Former tokens, and its loss is added with that weight (`marked_shape_loss`): the answers' gradient alone
+    let the shape the stage-0 tower had learned fade out of the tower and the Q-Former (BENCHMARKS.md, v9).
+    """
     torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
+    head = AttributeProbeHead(model.config.text_config.hidden_size, (len(SHAPE_KINDS), len(SHAPE_COLORS)))
+    parameters = list(model.parameters()) + (list(head.parameters()) if auxiliary_weight else [])
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
     accelerator = Accelerator(cpu=True)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    captured = {}
+    model.model.multi_modal_projector.register_forward_hook(
+        lambda module, inputs, output: captured.__setitem__("visual_tokens", output)
+    )
     state_path = output_dir / "state.pt"
-    start_step = load_state(state_path, model, optimizer, scheduler)
+    start_step = load_state(state_path, model, head, optimizer, scheduler)
     log_path = output_dir / "log.tsv"
     started = time.monotonic()
     collator = ChatCollator(processor)
     progress = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="training", unit="step")
     model.train()
     for step in progress:
-        batch = training_batch(collator, seed, step, batch_size, curriculum_steps, single_shape_floor, salience_steps)
+        batch, marked = training_batch(
+            collator, seed, step, batch_size, curriculum_steps, single_shape_floor, salience_steps
+        )
         loss = answer_loss(model, batch)
+        if auxiliary_weight:
+            image_token_id = model.config.image_token_id
+            auxiliary = marked_shape_loss(head, captured["visual_tokens"], batch["input_ids"], image_token_id, marked)
+            loss = loss + auxiliary_weight * auxiliary
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        accelerator.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
@@ -383,15 +435,16 @@ def train(
         if not math.isnan(accuracy):
             progress.write(f"step {done}: held-out first-token accuracy {accuracy:.3f}")
         if done % save_every == 0 or done == steps:
-            save_state(state_path, model, optimizer, scheduler, done)
+            save_state(state_path, model, head, optimizer, scheduler, done)
 
 
-def save_state(path: Path, model, optimizer, scheduler, step: int) -> None:
+def save_state(path: Path, model, head, optimizer, scheduler, step: int) -> None:
     """Writes the resumable training state atomically (a cut-off mid-write keeps the previous one)."""
     partial = path.with_suffix(".partial")
     torch.save(
         {
             "model": model.state_dict(),
+            "auxiliary_head": head.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "step": step,
@@ -401,12 +454,13 @@ def save_state(path: Path, model, optimizer, scheduler, step: int) -> None:
     partial.replace(path)
 
 
-def load_state(path: Path, model, optimizer, scheduler) -> int:
+def load_state(path: Path, model, head, optimizer, scheduler) -> int:
     """Restores a saved training state; returns the step to continue from (0 without one)."""
     if not path.exists():
         return 0
     state = torch.load(path, weights_only=True)
     model.load_state_dict(state["model"])
+    head.load_state_dict(state["auxiliary_head"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return state["step"]
@@ -438,7 +492,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("/tmp/demo-run"), help="training state and log")
     parser.add_argument("--export", type=Path, help="write the complete checkpoint folder here after training")
-    parser.add_argument("--steps", type=int, default=2400, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=1800, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=100)
@@ -453,10 +507,19 @@ def parse_args() -> argparse.Namespace:
         "--salience-steps", type=int, default=1200, help="steps until prompts are drawn with the default style"
     )
     parser.add_argument(
-        "--tower-steps", type=int, default=0, help="stage 0 (experimental): steps of the tower's shape pre-training"
+        "--tower-steps", type=int, default=500, help="stage 0: steps of the tower's shape and colour pre-training"
     )
     parser.add_argument(
-        "--edge-filters", action="store_true", help="(experimental) start the patch embedding as oriented edge filters"
+        "--edge-filter-channels",
+        type=int,
+        default=32,
+        help="patch-embedding channels that start as oriented edge filters (the rest keep the default init)",
+    )
+    parser.add_argument(
+        "--auxiliary-weight",
+        type=float,
+        default=1.0,
+        help="weight of the auxiliary loss on the marked shape's kind and colour read from the Q-Former tokens",
     )
     parser.add_argument("--tower-batch-size", type=int, default=32, help="stage 0: images per step")
     parser.add_argument("--save-every", type=int, default=100, help="steps between resumable checkpoints")
@@ -474,7 +537,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     processor = demo_processor()
     model = load_repo_class("VisionZephyrForConditionalGeneration")(demo_config())
-    initialize_for_training(model, args.edge_filters)
+    initialize_for_training(model, args.edge_filter_channels)
     if args.tower_steps and not (args.output_dir / "state.pt").exists():
         pretrain_tower(model, processor, args.output_dir, args.tower_steps, args.tower_batch_size, args.seed)
     rng = random.Random(args.eval_seed)
@@ -494,6 +557,7 @@ def main() -> None:
         args.curriculum_steps,
         args.single_shape_floor,
         args.salience_steps,
+        args.auxiliary_weight,
     )
     if args.export:
         export_checkpoint(model.eval(), processor, args.export)
