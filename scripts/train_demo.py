@@ -274,7 +274,7 @@ def salient_prompt(prompt: dict, image_size: tuple[int, int], salience: float) -
 
 
 def pretrain_tower(model, processor, output_dir: Path, steps: int, batch_size: int, seed: int) -> None:
-    """Stage 0: the vision tower learns shape and colour with a throw-away head, before the whole model trains on answers.
+    """Stage 0: the vision tower learns shape and colour with throw-away heads, before the whole model trains.
 
     The real model starts from a pre-trained CLIP; this one cannot. Trained end to end from scratch, the tower never
     learned to tell the shapes apart (the shape question stayed at chance in every variant of BENCHMARKS.md's sweep),
