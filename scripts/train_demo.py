@@ -492,7 +492,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("/tmp/demo-run"), help="training state and log")
     parser.add_argument("--export", type=Path, help="write the complete checkpoint folder here after training")
-    parser.add_argument("--steps", type=int, default=1800, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=2100, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=100)
