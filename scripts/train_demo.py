@@ -9,7 +9,7 @@ tower shapes and colours on its own (`pretrain_tower`), as the real model starts
     python scripts/train_demo.py --output-dir /tmp/demo-run
     python scripts/train_demo.py --output-dir /tmp/demo-run --export /tmp/demo-export   # resumes, then exports
 
-The defaults are the recipe of the committed `demo/` checkpoint (v10 in BENCHMARKS.md, with its learning curve, the
+The defaults are the recipe of the committed `demo/` checkpoint (v11 in BENCHMARKS.md, with its learning curve, the
 earlier recipes and what each one showed). `--edge-filter-channels 0 --tower-steps 0 --auxiliary-weight 0 --steps
 2400` is v7, the recipe without stage 0 and the auxiliary loss.
 
@@ -315,7 +315,8 @@ def pretrain_tower(model, processor, output_dir: Path, steps: int, batch_size: i
 
 
 class AttributeProbeHead(torch.nn.Module):
-    """Per attribute, one learned query attending over a tile's fused patches, then a linear classifier."""
+    """Per attribute, one learned query attending over a set of features (a tile's fused patches in stage 0, an image's
+    Q-Former tokens in the auxiliary loss), then a linear classifier."""
 
     def __init__(self, feature_size: int, classes_per_attribute: tuple[int, ...]):
         super().__init__()
@@ -403,9 +404,10 @@ def train(
     accelerator = Accelerator(cpu=True)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     captured = {}
-    model.model.multi_modal_projector.register_forward_hook(
-        lambda module, inputs, output: captured.__setitem__("visual_tokens", output)
-    )
+    if auxiliary_weight:
+        model.model.multi_modal_projector.register_forward_hook(
+            lambda module, inputs, output: captured.__setitem__("visual_tokens", output)
+        )
     state_path = output_dir / "state.pt"
     start_step = load_state(state_path, model, head, optimizer, scheduler)
     log_path = output_dir / "log.tsv"

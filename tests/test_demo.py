@@ -148,7 +148,7 @@ def test_recipe_sweep_shape_only_batches_ask_only_for_shapes_and_big_shapes_shri
     processor = train_demo.demo_processor()
     batch = sweep.VariantBatches(processor, recipe, steps=1)[0]
     answers = [
-        processor.tokenizer.decode(labels[labels != -100], skip_special_tokens=True).strip()
+        processor.tokenizer.decode(labels[labels != train_demo.IGNORE_INDEX], skip_special_tokens=True).strip()
         for labels in batch["labels"]
     ]
     assert set(answers) <= set(SHAPE_KINDS) and len(answers) == 16, answers
@@ -189,10 +189,10 @@ def test_training_batch_attributes_are_the_marked_shapes_answers():
     batch, marked = train_demo.training_batch(collator, 0, 500, 8, 400, 0.3, 1200)
     assert marked.shape == (8, 2)
     colors = list(SHAPE_COLORS)
-    for labels, (kind, color) in zip(batch["labels"], marked.tolist(), strict=True):
-        answers = processor.tokenizer.decode(labels[labels != -100], skip_special_tokens=True).replace(" ", "")
-        shape, color = SHAPE_KINDS[kind], colors[color]
-        assert answers in {shape, color, shape + color, color + shape}, (answers, shape, color)
+    for labels, (kind_index, color_index) in zip(batch["labels"], marked.tolist(), strict=True):
+        answers = processor.tokenizer.decode(labels[labels != train_demo.IGNORE_INDEX], skip_special_tokens=True)
+        shape, color = SHAPE_KINDS[kind_index], colors[color_index]
+        assert answers.replace(" ", "") in {shape, color, shape + color, color + shape}, (answers, shape, color)
 
 
 def test_marked_shape_loss_reads_each_image_from_its_own_tiles():
