@@ -529,7 +529,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-cases", type=int, default=96, help="held-out cases of the accuracy check")
     parser.add_argument("--eval-seed", type=int, default=10_000, help="seed of the held-out cases")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    return parser.parse_args()
+    args = parser.parse_args()
+    channels = VISION_CONFIG["hidden_size"]
+    if not 0 <= args.edge_filter_channels <= channels:
+        parser.error(f"--edge-filter-channels must be between 0 and {channels}, got {args.edge_filter_channels}")
+    if args.auxiliary_weight < 0:
+        parser.error(f"--auxiliary-weight must be 0 (off) or positive, got {args.auxiliary_weight}")
+    return args
 
 
 def main() -> None:

@@ -207,3 +207,17 @@ def test_marked_shape_loss_reads_each_image_from_its_own_tiles():
     first = train_demo.marked_shape_loss(head, visual_tokens[:2], input_ids[:1], image_token, attributes[:1])
     second = train_demo.marked_shape_loss(head, visual_tokens[2:], input_ids[1:], image_token, attributes[1:])
     assert batch_loss.item() == pytest.approx((first.item() + second.item()) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--edge-filter-channels", "65"], "--edge-filter-channels must be between 0 and 64"),
+        (["--auxiliary-weight", "-0.5"], "--auxiliary-weight must be 0 (off) or positive"),
+    ],
+)
+def test_train_demo_rejects_out_of_range_recipe_flags(monkeypatch, capsys, flags, message):
+    monkeypatch.setattr(sys, "argv", ["train_demo.py", *flags])
+    with pytest.raises(SystemExit):
+        train_demo.parse_args()
+    assert message in capsys.readouterr().err
