@@ -9,7 +9,7 @@ tower shapes and colours on its own (`pretrain_tower`), as the real model starts
     python scripts/train_demo.py --output-dir /tmp/demo-run
     python scripts/train_demo.py --output-dir /tmp/demo-run --export /tmp/demo-export   # resumes, then exports
 
-The defaults are the recipe of the committed `demo/` checkpoint (v11 in BENCHMARKS.md, with its learning curve, the
+The defaults are the recipe of the committed `demo/` checkpoint (v12 in BENCHMARKS.md, with its learning curve, the
 earlier recipes and what each one showed). `--edge-filter-channels 0 --tower-steps 0 --auxiliary-weight 0 --steps
 2400` is v7, the recipe without stage 0 and the auxiliary loss.
 
@@ -246,6 +246,45 @@ def training_batch(
     return collator(examples), torch.tensor(marked)
 
 
+class TrainingBatches(torch.utils.data.Dataset):
+    """`training_batch` of every step, as a dataset indexed by step."""
+
+    def __init__(
+        self,
+        collator: ChatCollator,
+        seed: int,
+        steps: int,
+        batch_size: int,
+        curriculum_steps: int,
+        single_shape_floor: float,
+        salience_steps: int,
+    ):
+        self.collator, self.seed, self.steps = collator, seed, steps
+        self.options = (batch_size, curriculum_steps, single_shape_floor, salience_steps)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return training_batch(self.collator, self.seed, step, *self.options)
+
+
+def prefetched(batches: torch.utils.data.Dataset) -> torch.utils.data.DataLoader:
+    """`batches` (each item a whole batch) drawn and tiled by one worker process a few steps ahead of training.
+
+    Drawing, tiling and the chat template take ~0.4 s of a ~1.5 s end-to-end step, and more than the tower's step in
+    stage 0; overlapped with the model's step they cost less (measured side by side, BENCHMARKS.md). The worker runs
+    single-threaded to leave the cores to torch.
+    """
+    return torch.utils.data.DataLoader(
+        batches, batch_size=None, num_workers=1, prefetch_factor=4, worker_init_fn=single_threaded
+    )
+
+
+def single_threaded(worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
 def attribute_indices(case: DemoCase) -> tuple[int, int]:
     """The marked shape's kind and colour as class indices (`SHAPE_KINDS`, `SHAPE_COLORS` order)."""
     return SHAPE_KINDS.index(case.target.kind), list(SHAPE_COLORS).index(case.target.color)
@@ -294,17 +333,10 @@ def pretrain_tower(model, processor, output_dir: Path, steps: int, batch_size: i
     optimizer = torch.optim.AdamW(parameters, lr=2e-3, weight_decay=0.01, betas=(0.9, 0.98))
     fuse = sys.modules[type(model).__module__].fuse_vision_layers
     layers = model.config.vision_feature_layers
-    rng = random.Random(f"{seed}-tower")
-    progress = tqdm(range(steps), desc="stage 0: tower", unit="step")
-    for _ in progress:
-        cases = [make_case(rng, SINGLE_SHAPE) for _ in range(batch_size)]
-        tiles = processor.image_processor(
-            [case.image for case in cases],
-            visual_prompts=[[case.visual_prompt] for case in cases],
-            return_tensors="pt",
-        )["pixel_values"][:, 0]
+    batches = prefetched(BaseViewBatches(processor.image_processor, seed, steps, batch_size))
+    progress = tqdm(batches, total=steps, desc="stage 0: tower", unit="step")
+    for tiles, attributes in progress:
         hidden_states = tower(tiles, output_hidden_states=True).hidden_states
-        attributes = torch.tensor([attribute_indices(case) for case in cases])
         loss = attribute_loss(head(fuse(hidden_states, layers)), attributes)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -312,6 +344,29 @@ def pretrain_tower(model, processor, output_dir: Path, steps: int, batch_size: i
         optimizer.zero_grad()
         progress.set_postfix(loss=f"{loss.item():.3f}")
     torch.save(tower.state_dict(), tower_path)
+
+
+class BaseViewBatches(torch.utils.data.IterableDataset):
+    """Stage 0's batches: single-shape scenes with their prompt drawn, as base-view tiles `(batch, 3, H, W)`, and
+    their `(kind, colour)` indices; one generator for the whole stage, so read by one worker only.
+
+    Drawing and tiling (the processor makes every tile; only the base view is used) cost more than the tower's step on
+    32 tiles: `prefetched` draws them ahead.
+    """
+
+    def __init__(self, image_processor, seed: int, steps: int, batch_size: int):
+        self.image_processor, self.seed, self.steps, self.batch_size = image_processor, seed, steps, batch_size
+
+    def __iter__(self):
+        rng = random.Random(f"{self.seed}-tower")
+        for _ in range(self.steps):
+            cases = [make_case(rng, SINGLE_SHAPE) for _ in range(self.batch_size)]
+            tiles = self.image_processor(
+                [case.image for case in cases],
+                visual_prompts=[[case.visual_prompt] for case in cases],
+                return_tensors="pt",
+            )["pixel_values"][:, 0]
+            yield tiles, torch.tensor([attribute_indices(case) for case in cases])
 
 
 class AttributeProbeHead(torch.nn.Module):
@@ -412,13 +467,13 @@ def train(
     start_step = load_state(state_path, model, head, optimizer, scheduler)
     log_path = output_dir / "log.tsv"
     started = time.monotonic()
-    collator = ChatCollator(processor)
-    progress = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="training", unit="step")
+    batches = TrainingBatches(
+        ChatCollator(processor), seed, steps, batch_size, curriculum_steps, single_shape_floor, salience_steps
+    )
+    remaining = prefetched(torch.utils.data.Subset(batches, range(start_step, steps)))
+    progress = tqdm(remaining, initial=start_step, total=steps, desc="training", unit="step")
     model.train()
-    for step in progress:
-        batch, marked = training_batch(
-            collator, seed, step, batch_size, curriculum_steps, single_shape_floor, salience_steps
-        )
+    for step, (batch, marked) in enumerate(progress, start=start_step):
         loss = answer_loss(model, batch)
         if auxiliary_weight:
             image_token_id = model.config.image_token_id
@@ -509,7 +564,7 @@ def parse_args() -> argparse.Namespace:
         "--salience-steps", type=int, default=1200, help="steps until prompts are drawn with the default style"
     )
     parser.add_argument(
-        "--tower-steps", type=int, default=500, help="stage 0: steps of the tower's shape and colour pre-training"
+        "--tower-steps", type=int, default=800, help="stage 0: steps of the tower's shape and colour pre-training"
     )
     parser.add_argument(
         "--edge-filter-channels",
@@ -520,7 +575,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--auxiliary-weight",
         type=float,
-        default=1.0,
+        default=2.0,
         help="weight of the auxiliary loss on the marked shape's kind and colour read from the Q-Former tokens",
     )
     parser.add_argument("--tower-batch-size", type=int, default=32, help="stage 0: images per step")

@@ -195,6 +195,20 @@ def test_training_batch_attributes_are_the_marked_shapes_answers():
         assert answers.replace(" ", "") in {shape, color, shape + color, color + shape}, (answers, shape, color)
 
 
+def test_prefetched_batches_of_a_resumed_run_are_the_batches_of_those_steps():
+    collator = train_demo.ChatCollator(train_demo.demo_processor())
+    options = (2, 400, 0.3, 1200)
+    batches = train_demo.TrainingBatches(collator, 0, 6, *options)
+    resumed = list(train_demo.prefetched(torch.utils.data.Subset(batches, range(4, 6))))
+    assert len(resumed) == 2
+    for step, (batch, marked) in zip((4, 5), resumed, strict=True):
+        expected, expected_marked = train_demo.training_batch(collator, 0, step, *options)
+        assert torch.equal(marked, expected_marked)
+        assert batch.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(batch[key], value), f"step {step}: {key} differs from training_batch's"
+
+
 def test_marked_shape_loss_reads_each_image_from_its_own_tiles():
     torch.manual_seed(0)
     head = train_demo.AttributeProbeHead(8, (3, 4))
