@@ -9,7 +9,7 @@ tower shapes and colours on its own (`pretrain_tower`), as the real model starts
     python scripts/train_demo.py --output-dir /tmp/demo-run
     python scripts/train_demo.py --output-dir /tmp/demo-run --export /tmp/demo-export   # resumes, then exports
 
-The defaults are the recipe of the committed `demo/` checkpoint (v12 in BENCHMARKS.md, with its learning curve, the
+The defaults are the recipe of the committed `demo/` checkpoint (v14 in BENCHMARKS.md, with its learning curve, the
 earlier recipes and what each one showed). `--edge-filter-channels 0 --tower-steps 0 --auxiliary-weight 0 --steps
 2400` is v7, the recipe without stage 0 and the auxiliary loss.
 
@@ -549,7 +549,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("/tmp/demo-run"), help="training state and log")
     parser.add_argument("--export", type=Path, help="write the complete checkpoint folder here after training")
-    parser.add_argument("--steps", type=int, default=2100, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=1800, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=100)
