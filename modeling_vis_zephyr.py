@@ -173,12 +173,15 @@ class VisionZephyrQFormerCrossAttention(VisionZephyrQFormerAttention):
     dim exceeds the number of queries). The key bias adds the same q · b_k to all scores of a query, which softmax
     ignores; the value bias is added once, as each query's attention weights sum to 1.
 
-    This needs `k_proj` and `v_proj` to be plain linear layers. PEFT adapters (LoRA) and quantised layers replace them
-    with modules whose output is not `x @ weight.T + bias`, so then the patches are projected the usual way.
+    This needs `k_proj` and `v_proj` to be plain linear layers with their weights at hand. PEFT adapters (LoRA) and
+    quantised layers replace them with modules whose output is not `x @ weight.T + bias`, and layers offloaded by
+    accelerate hold their weights on "meta" until their own forward loads them, so then the patches are projected
+    the usual way.
     """
 
     def forward(self, queries: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
-        if not (type(self.k_proj) is nn.Linear and type(self.v_proj) is nn.Linear):
+        projections = (self.k_proj, self.v_proj)
+        if not all(type(layer) is nn.Linear and not layer.weight.is_meta for layer in projections):
             return super().forward(queries, image_features)
         batch_size, num_queries, _ = queries.shape
         feature_size = image_features.shape[-1]
@@ -399,7 +402,8 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
                 "grids ask for; pass the processor's `pixel_values` with its `image_grids`/`image_sizes`."
             )
         tiles = torch.cat([image[:count] for image, count in zip(pixel_values, tiles_per_image, strict=True)])
-        tiles = tiles.to(device=self.vision_tower.device, dtype=self.vision_tower.dtype)
+        # No `.to(device)`: offloaded towers sit on "meta" and accelerate's hooks move inputs where weights run.
+        tiles = tiles.to(dtype=self.vision_tower.dtype)
 
         needed_layers = sorted({index for group in self.config.vision_feature_layers for index in group})
         vision_outputs = self.vision_tower(tiles, output_hidden_states=needed_layers, return_dict=True, **kwargs)

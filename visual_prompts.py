@@ -267,8 +267,21 @@ def _clipped_point(x: float, y: float, image_size: tuple[int, int]) -> tuple[flo
     return min(max(x, 0.0), width - 1.0), min(max(y, 0.0), height - 1.0)
 
 
-def _checked_xy(value, field: str, image_size: tuple[int, int]) -> tuple[float, float]:
-    return _clipped_point(*_checked_numbers(value, 2, field, "[x, y]"), image_size)
+def _checked_reaches_image(xs: Sequence[float], ys: Sequence[float], field: str, value, image_size) -> None:
+    """A shape entirely outside the image would be clipped to a sliver on its border: almost surely a mistake (e.g.
+    coordinates of another image), so it is refused instead of silently marking the wrong spot."""
+    width, height = image_size
+    if max(xs) < 0 or min(xs) > width - 1 or max(ys) < 0 or min(ys) > height - 1:
+        raise ValueError(
+            f"{field}: lies entirely outside the {width}x{height} image (pixel coordinates of this image are "
+            f"expected, x in 0..{width - 1} and y in 0..{height - 1}), got {_show(value)}"
+        )
+
+
+def _checked_point(value, field: str, image_size: tuple[int, int]) -> tuple[float, float]:
+    x, y = _checked_numbers(value, 2, field, "[x, y]")
+    _checked_reaches_image([x], [y], field, value, image_size)
+    return _clipped_point(x, y, image_size)
 
 
 def _checked_points(value, count: int | None, field: str, image_size) -> tuple[tuple[float, float], ...]:
@@ -277,7 +290,9 @@ def _checked_points(value, count: int | None, field: str, image_size) -> tuple[t
         raise TypeError(f"{field}: expected a list {expected}, got {_show(value)}")
     if len(value) < 2 or (count and len(value) != count):
         raise ValueError(f"{field}: expected a list {expected}, got {_show(value)}")
-    return tuple(_checked_xy(point, f"{field}[{position}]", image_size) for position, point in enumerate(value))
+    pairs = [_checked_numbers(point, 2, f"{field}[{position}]", "[x, y]") for position, point in enumerate(value)]
+    _checked_reaches_image([x for x, _ in pairs], [y for _, y in pairs], field, value, image_size)
+    return tuple(_clipped_point(x, y, image_size) for x, y in pairs)
 
 
 def _checked_triangle(value, field: str, image_size) -> tuple[tuple[float, float], ...]:
@@ -288,11 +303,13 @@ def _checked_corners(value, field: str, image_size) -> tuple[float, float, float
     x1, y1, x2, y2 = _checked_numbers(value, 4, field, "[x1, y1, x2, y2]")
     if x2 < x1 or y2 < y1:
         raise ValueError(f"{field}: expected x1 <= x2 and y1 <= y2 in [x1, y1, x2, y2], got {_show(value)}")
+    _checked_reaches_image([x1, x2], [y1, y2], field, value, image_size)
     return (*_clipped_point(x1, y1, image_size), *_clipped_point(x2, y2, image_size))
 
 
 def _checked_arrow(value, field: str, image_size) -> tuple[float, float, float, float]:
     tail_x, tail_y, head_x, head_y = _checked_numbers(value, 4, field, "[x_tail, y_tail, x_head, y_head]")
+    _checked_reaches_image([tail_x, head_x], [tail_y, head_y], field, value, image_size)
     xyxy = (*_clipped_point(tail_x, tail_y, image_size), *_clipped_point(head_x, head_y, image_size))
     if xyxy[:2] == xyxy[2:]:
         raise ValueError(f"{field}: expected distinct tail and head inside the image, got {_show(value)}")
@@ -331,7 +348,7 @@ _GEOMETRY_CHECKS = {
     "box": _checked_corners,
     "ellipse": _checked_corners,
     "arrow": _checked_arrow,
-    "point": _checked_xy,
+    "point": _checked_point,
     "scribble": _checked_scribble,
     "triangle": _checked_triangle,
     "mask": _checked_mask,

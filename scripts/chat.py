@@ -7,21 +7,34 @@ ends it). The default model is the tiny demo model in `demo/`, trained on a synt
 """
 
 import argparse
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from threading import Thread
+from threading import Event, Thread
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import AutoModelForImageTextToText, AutoProcessor, TextIteratorStreamer
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "demo"
 EXIT_WORDS = {"", "exit", "quit"}
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROMPT_FLAGS = ("--box", "--ellipse", "--point", "--arrow", "--scribble", "--mask")
+COORDINATE_FLAGS = ("--box", "--ellipse", "--point", "--arrow", "--scribble")
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+RGB_TRIPLE = re.compile(r"\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*")
+# What the remote code's prompt validation names ("visual_prompts[2]['xyxy']"): the index of the offending prompt.
+PROMPT_FIELD = re.compile(r"visual_prompts\[(\d+)\]\['(\w+)'\]")
 
 
 class UsageError(Exception):
@@ -50,19 +63,37 @@ def load_mask(path: str, image_size: tuple[int, int]) -> np.ndarray:
     return np.asarray(mask) > 127
 
 
-def visual_prompts_from_args(args: argparse.Namespace, image_size: tuple[int, int]) -> list[dict]:
-    """The visual prompts the flags describe, in the order box, ellipse, point, arrow, scribble, mask."""
-    style = {"color": args.color}
-    prompts = [{"type": "box", "xyxy": parse_numbers(text, "--box", 4), **style} for text in args.box]
-    prompts += [{"type": "ellipse", "xyxy": parse_numbers(text, "--ellipse", 4), **style} for text in args.ellipse]
-    prompts += [{"type": "point", "xy": parse_numbers(text, "--point", 2), **style} for text in args.point]
-    prompts += [{"type": "arrow", "xyxy": parse_numbers(text, "--arrow", 4), **style} for text in args.arrow]
+def prompt_color(text: str) -> str | tuple[int, int, int]:
+    """`--color`'s value: a colour name, or `R,G,B` as an RGB triple."""
+    triple = RGB_TRIPLE.fullmatch(text)
+    return tuple(int(channel) for channel in triple.groups()) if triple else text
+
+
+def visual_prompts_from_args(args: argparse.Namespace, image_size: tuple[int, int]) -> list[tuple[str, dict]]:
+    """The visual prompts the flags describe, in the order box, ellipse, point, arrow, scribble, mask, each with the
+    flag and value it came from (`"--box 1,2,3,4"`), so that errors can name what the user typed."""
+    style = {"color": prompt_color(args.color)}
+    prompts = [
+        (f"--box {text}", {"type": "box", "xyxy": parse_numbers(text, "--box", 4), **style}) for text in args.box
+    ]
+    prompts += [
+        (f"--ellipse {text}", {"type": "ellipse", "xyxy": parse_numbers(text, "--ellipse", 4), **style})
+        for text in args.ellipse
+    ]
+    prompts += [
+        (f"--point {text}", {"type": "point", "xy": parse_numbers(text, "--point", 2), **style}) for text in args.point
+    ]
+    prompts += [
+        (f"--arrow {text}", {"type": "arrow", "xyxy": parse_numbers(text, "--arrow", 4), **style})
+        for text in args.arrow
+    ]
     for text in args.scribble:
         numbers = parse_numbers(text, "--scribble")
-        prompts.append(
-            {"type": "scribble", "points": [numbers[i : i + 2] for i in range(0, len(numbers), 2)], **style}
-        )
-    prompts += [{"type": "mask", "mask": load_mask(path, image_size), **style} for path in args.mask]
+        points = [numbers[i : i + 2] for i in range(0, len(numbers), 2)]
+        prompts.append((f"--scribble {text}", {"type": "scribble", "points": points, **style}))
+    prompts += [
+        (f"--mask {path}", {"type": "mask", "mask": load_mask(path, image_size), **style}) for path in args.mask
+    ]
     return prompts
 
 
@@ -81,9 +112,24 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def checked_model_location(model_path: str) -> str:
+    """`--model` as given when it is an existing folder or looks like a Hub repo id (`owner/name`); a path that does
+    not exist fails here at once, instead of after minutes of retrying the Hub with that name."""
+    path = Path(model_path).expanduser()
+    if path.exists():
+        return model_path
+    first_part_is_local = Path(path.parts[0]).exists() if path.parts else False
+    if HUB_REPO_ID.fullmatch(model_path) and not first_part_is_local:
+        return model_path
+    raise UsageError(
+        f"--model {model_path}: no such folder (expected a checkpoint folder, or a Hub repo id such as owner/name)."
+    )
+
+
 def load_model_and_processor(model_path: str, device: str, dtype: str):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu.")
+    model_path = checked_model_location(model_path)
     try:
         processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
         model = AutoModelForImageTextToText.from_pretrained(model_path, trust_remote_code=True, dtype=DTYPES[dtype])
@@ -92,18 +138,58 @@ def load_model_and_processor(model_path: str, device: str, dtype: str):
     return model.to(device).eval(), processor
 
 
-def draw_prompts_checked(processor, image: Image.Image, visual_prompts: list[dict]) -> Image.Image:
-    """The image as the model will see it; a malformed prompt becomes a usage error naming its flag's values."""
+def flag_error(error: Exception, prompt_sources: list[str], color: str) -> str:
+    """The remote code's validation message, with `visual_prompts[i]['key']` replaced by the flag the user typed."""
+
+    def flag(match: re.Match) -> str:
+        return f"--color {color}" if match[2] == "color" else prompt_sources[int(match[1])]
+
+    return PROMPT_FIELD.sub(flag, str(error), count=1)
+
+
+def draw_prompts_checked(processor, image: Image.Image, prompts: list[tuple[str, dict]], color: str) -> Image.Image:
+    """The image as the model will see it; a malformed prompt becomes a usage error naming the flag it came from."""
     try:
-        return processor.draw_visual_prompts(image, visual_prompts)
+        return processor.draw_visual_prompts(image, [prompt for _, prompt in prompts])
     except (ValueError, TypeError) as error:
-        raise UsageError(f"bad visual prompt: {error}") from None
+        raise UsageError(f"bad visual prompt: {flag_error(error, [source for source, _ in prompts], color)}") from None
+
+
+def checked_save_path(path: str | None) -> Path | None:
+    """`--save-prompted`'s file, checked before the model loads: its folder must exist and its suffix be a format."""
+    if path is None:
+        return None
+    target = Path(path).expanduser()
+    if not target.parent.is_dir():
+        raise UsageError(f"--save-prompted {path}: the folder {target.parent} does not exist.")
+    if target.suffix.lower() not in Image.registered_extensions():
+        raise UsageError(f"--save-prompted {path}: expected an image file name ending in .png, .jpg, ...")
+    return target
+
+
+def save_prompted(image: Image.Image, target: Path) -> None:
+    try:
+        image.save(target)
+    except OSError as error:
+        raise UsageError(f"--save-prompted {target}: cannot write the image ({error}).") from None
+
+
+class StopWhenSet(StoppingCriteria):
+    """Ends generation at the next token once `event` is set (the reader of the stream went away)."""
+
+    def __init__(self, event: Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def answer_pieces(model, processor, messages: list[dict], max_new_tokens: int, temperature: float) -> Iterator[str]:
     """Generates the assistant's reply to `messages` in a background thread, yielding its text piece by piece.
 
-    `temperature` 0 is greedy decoding; the web demo (`space/app.py`) streams through this too.
+    `temperature` 0 is greedy decoding; the web demo (`space/app.py`) streams through this too. An error inside
+    `generate` (an over-long prompt, say) ends the stream and is raised here, in the reader's thread, so no reader
+    waits forever for pieces that will not come. A reader that stops early stops the generation at its next token.
     """
     inputs = processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
@@ -112,21 +198,45 @@ def answer_pieces(model, processor, messages: list[dict], max_new_tokens: int, t
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    generation = Thread(
-        target=model.generate,
-        kwargs={**inputs, "streamer": streamer, "max_new_tokens": max_new_tokens, **sampling},
-    )
+    reader_gone, failures = Event(), []
+
+    def generate() -> None:
+        try:
+            model.generate(
+                **inputs,
+                streamer=streamer,
+                max_new_tokens=max_new_tokens,
+                stopping_criteria=StoppingCriteriaList([StopWhenSet(reader_gone)]),
+                **sampling,
+            )
+        except Exception as error:
+            failures.append(error)
+            streamer.end()
+
+    generation = Thread(target=generate, daemon=True)
     generation.start()
-    yield from streamer
-    generation.join()
+    try:
+        yield from streamer
+    finally:
+        reader_gone.set()
+        generation.join()
+    if failures:
+        raise failures[0]
 
 
-def stream_answer(model, processor, messages: list[dict], args: argparse.Namespace) -> str:
-    """Generates the assistant's reply to `messages`, printing it as it streams, and returns its text."""
+def stream_answer(model, processor, messages: list[dict], args: argparse.Namespace) -> str | None:
+    """Generates the assistant's reply to `messages`, printing it as it streams, and returns its text; `None`, with
+    the error printed in one line, when generation fails."""
     pieces = []
-    for piece in answer_pieces(model, processor, messages, args.max_new_tokens, args.temperature):
-        print(piece, end="", flush=True)
-        pieces.append(piece)
+    try:
+        for piece in answer_pieces(model, processor, messages, args.max_new_tokens, args.temperature):
+            print(piece, end="", flush=True)
+            pieces.append(piece)
+    except Exception as error:
+        if pieces:
+            print(flush=True)
+        print(f"error: {error}", file=sys.stderr)
+        return None
     print()
     return "".join(pieces).strip()
 
@@ -150,11 +260,47 @@ def chat(model, processor, image: Image.Image, visual_prompts: list[dict], args:
         messages.append(user_message(question, image if first_turn else None, visual_prompts if first_turn else None))
         print("assistant: ", end="", flush=True)
         answer = stream_answer(model, processor, messages, args)
+        if answer is None:
+            messages.pop()  # the failed question is not part of the conversation; the user may ask another
+            continue
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 (0 = greedy), got {text}")
+    return value
+
+
+def attach_negative_coordinates(argv: list[str]) -> list[str]:
+    """`--box -50,-50,-10,-10` -> `--box=-50,-50,-10,-10`: argparse reads a value that starts with "-" as an option."""
+    attached = []
+    for token in argv:
+        previous = attached[-1] if attached else None
+        if previous in COORDINATE_FLAGS and re.fullmatch(r"-[\d.][\d.,\s+-]*", token):
+            attached[-1] = f"{previous}={token}"
+        else:
+            attached.append(token)
+    return attached
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a bad flag in one line (the usage block is one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("question", nargs="?", help="ask once and exit; omit for an interactive chat")
     parser.add_argument("--image", required=True, help="path of the image")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder or Hub repo (default: demo/)")
@@ -164,32 +310,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arrow", action="append", default=[], metavar="X1,Y1,X2,Y2", help="arrow, head at X2,Y2")
     parser.add_argument("--scribble", action="append", default=[], metavar="X,Y,X,Y,...", help="draw a scribble")
     parser.add_argument("--mask", action="append", default=[], metavar="PNG", help="fill a mask (white = inside)")
-    parser.add_argument("--color", default="red", help="prompt colour: a name such as red, lime, blue (default red)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument(
+        "--color",
+        default="red",
+        help="prompt colour: red, lime, blue, yellow, fuchsia, aqua, orange, purple, gold, or R,G,B (default red)",
+    )
+    parser.add_argument("--max-new-tokens", type=positive_int, default=256)
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--device", default=default_device(), help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto")
     parser.add_argument("--save-prompted", metavar="PATH", help="save the image with the prompts drawn on it")
-    return parser.parse_args(argv)
+    return parser.parse_args(attach_negative_coordinates(sys.argv[1:] if argv is None else argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    image = load_image(args.image).convert("RGB")
+    prompts = visual_prompts_from_args(args, image.size)
+    save_path = checked_save_path(args.save_prompted)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    prompted_image = draw_prompts_checked(processor, image, prompts, args.color)
+    if save_path:
+        save_prompted(prompted_image, save_path)
+    if not prompts:
+        print(
+            f"note: no visual prompt ({', '.join(PROMPT_FLAGS)}): the model sees the image unmarked.", file=sys.stderr
+        )
+    visual_prompts = [prompt for _, prompt in prompts]
+    if args.question:
+        answered = stream_answer(model, processor, [user_message(args.question, image, visual_prompts)], args)
+        return 0 if answered is not None else 1
+    chat(model, processor, image, visual_prompts, args)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        image = load_image(args.image).convert("RGB")
-        visual_prompts = visual_prompts_from_args(args, image.size)
-        model, processor = load_model_and_processor(args.model, args.device, args.dtype)
-        prompted_image = draw_prompts_checked(processor, image, visual_prompts)
+        return run(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.save_prompted:
-        prompted_image.save(args.save_prompted)
-    if args.question:
-        stream_answer(model, processor, [user_message(args.question, image, visual_prompts)], args)
-    else:
-        chat(model, processor, image, visual_prompts, args)
-    return 0
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -116,3 +116,12 @@ def test_full_model_builds_under_accelerate_init_empty_weights(full_config):
         model = AutoModelForImageTextToText.from_config(full_config, trust_remote_code=True)
     assert {parameter.device.type for parameter in model.parameters()} == {"meta"}
     assert model.num_parameters() == FULL_MODEL_PARAMETERS
+
+
+def test_a_model_offloaded_entirely_to_disk_generates_the_same_tokens(
+    tiny_checkpoint, tiny_model, image_batch, tmp_path
+):
+    on_disk = load(tiny_checkpoint, device_map={"": "disk"}, offload_folder=str(tmp_path / "offload"))
+    assert on_disk.hf_device_map == {"": "disk"}
+    expected = tiny_model.generate(**image_batch, max_new_tokens=3)
+    assert torch.equal(on_disk.generate(**image_batch, max_new_tokens=3), expected)

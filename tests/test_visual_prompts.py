@@ -223,7 +223,6 @@ def test_zero_alpha_changes_nothing():
     [
         ({"type": "box", "xyxy": [-20, -10, 40, 30]}, {"type": "box", "xyxy": [0, 0, 40, 30]}),
         ({"type": "ellipse", "xyxy": [50, 40, 200, 100]}, {"type": "ellipse", "xyxy": [50, 40, 95, 71]}),
-        ({"type": "point", "xy": [-5, 200], "radius": 4}, {"type": "point", "xy": [0, 71], "radius": 4}),
         (
             {"type": "arrow", "xyxy": [-30, 36, 50, 36], "width": 2},
             {"type": "arrow", "xyxy": [0, 36, 50, 36], "width": 2},
@@ -238,6 +237,22 @@ def test_coordinates_outside_the_image_are_clipped_to_its_border(outside, clippe
     drawn_outside = draw_visual_prompts(plain_image(), [outside])
     drawn_clipped = draw_visual_prompts(plain_image(), [clipped])
     assert np.array_equal(np.asarray(drawn_outside), np.asarray(drawn_clipped))
+
+
+@pytest.mark.parametrize(
+    "prompt, key",
+    [
+        ({"type": "box", "xyxy": [-50, -50, -10, -10]}, "xyxy"),
+        ({"type": "ellipse", "xyxy": [100, 10, 140, 30]}, "xyxy"),
+        ({"type": "point", "xy": [-5, 200]}, "xy"),
+        ({"type": "arrow", "xyxy": [10, -40, 60, -5]}, "xyxy"),
+        ({"type": "scribble", "points": [[10, 80], [50, 90], [90, 200]]}, "points"),
+        ({"type": "triangle", "points": [[-9, -9], [-1, -30], [-20, -2]]}, "points"),
+    ],
+)
+def test_a_prompt_entirely_outside_the_image_is_refused_not_clipped_to_a_sliver(prompt, key):
+    with pytest.raises(ValueError, match=rf"visual_prompts\[0\]\['{key}'\]: lies entirely outside the 96x72 image"):
+        draw_visual_prompts(plain_image(), [prompt])
 
 
 def test_box_reaching_out_of_the_image_is_outlined_along_the_border():
