@@ -7,7 +7,7 @@ marked by one red visual prompt that the processor draws: a box or an ellipse ar
 arrow pointing at it from outside. The question asks for the marked shape's kind or colour; the answer is one word.
 
     # writes the example picture and prints its prompt (as the chat CLI's flag), question and answer
-    python scripts/demo_task.py --seed 3 --save examples/demo.png --save-prompted examples/demo_prompted.png
+    python scripts/demo_task.py --seed 12 --save examples/demo.png --save-prompted examples/demo_prompted.png
 """
 
 import argparse

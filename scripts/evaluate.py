@@ -13,6 +13,7 @@ in MMBench's own circular files, form one group too).
 
 import argparse
 import base64
+import csv
 import io
 import json
 import re
@@ -201,14 +202,9 @@ def vcr_questions(annotations: str | Path, image_folder: str | Path, task: str, 
 
 def mmbench_questions(tsv: str | Path, circular: bool = True) -> list[Question]:
     """MMBench TSV rows (index, question, hint, A-D, answer, image in base64, category); rotated when `circular`."""
-    import pandas as pd
-
-    table = pd.read_csv(tsv, sep="\t", dtype={"index": int}, keep_default_na=False)
-    missing = {"index", "question", "image", "A", "B"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{tsv}: missing columns {sorted(missing)}")
+    rows = read_tsv(tsv)
     questions = []
-    for row_number, row in enumerate(table.to_dict("records")):
+    for row_number, row in enumerate(rows):
         options = [str(row[letter]) for letter in LETTERS if str(row.get(letter, "")).strip()]
         answer = str(row.get("answer", "")).strip() or None
         if answer is not None and LETTERS.index(answer) >= len(options):
@@ -217,6 +213,18 @@ def mmbench_questions(tsv: str | Path, circular: bool = True) -> list[Question]:
         for shift in rotations:
             questions.append(mmbench_question(row, options, answer, shift))
     return questions
+
+
+def read_tsv(tsv: str | Path) -> list[dict[str, str]]:
+    """The rows of an MMBench TSV as dicts of their text (no pandas: the values are used as written)."""
+    # A row holds its image in base64: far longer than the csv module's default field limit of 128 KiB.
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
+    with open(tsv, newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file, delimiter="\t")
+        missing = {"index", "question", "image", "A", "B"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{tsv}: missing columns {sorted(missing)}")
+        return list(reader)
 
 
 def mmbench_question(row: dict, options: list[str], answer: str | None, shift: int) -> Question:

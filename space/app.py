@@ -21,7 +21,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 
 # `chat.py` (the CLI) holds the loading and streaming code; it sits in scripts/ of the repository, or next to this
@@ -68,9 +68,17 @@ def mask_from_editor(editor_value: dict | None, image_size: tuple[int, int]) -> 
     return mask
 
 
+def placed_count(prompts: list[dict]) -> str:
+    return f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''} placed."
+
+
+def with_article(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
 def click_status(prompt_type: str, clicks: list[list[int]], prompts: list[dict]) -> str:
     """What the last click did and what the next one will do."""
-    placed = f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''} placed."
+    placed = placed_count(prompts)
     if prompt_type == "scribble":
         return f"{placed} Scribble: {len(clicks)} point(s) so far; click more points, then **Finish scribble**."
     if clicks:
@@ -78,7 +86,7 @@ def click_status(prompt_type: str, clicks: list[list[int]], prompts: list[dict])
         return (
             f"{placed} {prompt_type.capitalize()}: first click at ({x}, {y}); click {SECOND_CLICK_HINTS[prompt_type]}."
         )
-    return f"{placed} Click {FIRST_CLICK_HINTS[prompt_type]} to place a {prompt_type}."
+    return f"{placed} Click {FIRST_CLICK_HINTS[prompt_type]} to place {with_article(prompt_type)}."
 
 
 def chat_messages(turns: list[Turn], question: str, image: Image.Image, prompts: list[dict]) -> list[dict]:
@@ -180,6 +188,28 @@ def example_images() -> list[str]:
     return [str(path) for path in sorted(EXAMPLES_DIR.glob("*.png")) if not path.stem.endswith("_prompted")]
 
 
+class UploadedImage(gr.Image):
+    """The image upload. gradio decodes an upload before any handler runs, so a file that is not an image failed
+    with a bare "Error" on every output; here it reaches `WebDemo.new_image`, which says what is wrong."""
+
+    is_template = True  # rendered by gradio's own Image component
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except (UnidentifiedImageError, OSError):
+            return str(payload.path)
+
+
+def failed_turn(turns: list[Turn], question: str, error: Exception) -> list[dict]:
+    """The chat with the failed question and its error shown as the reply (the turn is not kept in the history)."""
+    return [
+        *chatbot_messages(turns),
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": f"⚠️ {error}"},
+    ]
+
+
 class WebDemo:
     """The page's event handlers, around one loaded model and processor.
 
@@ -196,10 +226,14 @@ class WebDemo:
         self.model_line = model_loading_source(model)
         self.default_max_new_tokens = model.generation_config.max_new_tokens or 256
 
-    def drawn(self, image_path: str | None, prompts: list[dict]) -> Image.Image | None:
+    def drawn(
+        self, image_path: str | None, prompts: list[dict], pending: list[list[int]] = (), color: str = "red"
+    ) -> Image.Image | None:
+        """The image with its prompts, as the model sees it, plus a dot at each click of a prompt not yet complete."""
         if image_path is None:
             return None
-        return self.processor.draw_visual_prompts(chat.load_image(image_path).convert("RGB"), prompts)
+        clicked = [{"type": "point", "xy": xy, "color": color} for xy in pending]
+        return self.processor.draw_visual_prompts(chat.load_image(image_path).convert("RGB"), [*prompts, *clicked])
 
     def code(self, image_path, prompts, turns, question, max_new_tokens, temperature) -> str:
         """The call for the question being typed, or else the one that reproduces the last answer."""
@@ -216,17 +250,22 @@ class WebDemo:
 
     def new_image(self, image_path, prompt_type, max_new_tokens, temperature):
         """A new image starts over: no prompts, no pending clicks, no conversation."""
+        code = self.code(image_path, [], [], "", max_new_tokens, temperature)
+        try:
+            canvas = self.drawn(image_path, [])
+        except chat.UsageError as error:
+            return None, [], [], [], [], None, f"**This file cannot be used:** {error}", code
         editor = {"background": image_path, "layers": [], "composite": None} if image_path else None
         status = click_status(prompt_type, [], []) if image_path else "Upload an image or pick an example."
-        code = self.code(image_path, [], [], "", max_new_tokens, temperature)
-        return self.drawn(image_path, []), [], [], [], [], editor, status, code
+        return canvas, [], [], [], [], editor, status, code
 
     def click(self, image_path, prompts, clicks, prompt_type, color, evt: gr.SelectData):
         clicks = [*clicks, [int(evt.index[0]), int(evt.index[1])]]
         complete = prompt_type == "point" or (prompt_type in TWO_CLICK_TYPES and len(clicks) == 2)
         if complete:
             prompts, clicks = [*prompts, prompt_from_clicks(prompt_type, clicks, color)], []
-        return self.drawn(image_path, prompts), prompts, clicks, click_status(prompt_type, clicks, prompts)
+        drawn = self.drawn(image_path, prompts, clicks, color)
+        return drawn, prompts, clicks, click_status(prompt_type, clicks, prompts)
 
     def finish_scribble(self, image_path, prompts, clicks, color):
         if len(clicks) < 2:
@@ -241,15 +280,23 @@ class WebDemo:
         if mask is None:
             return gr.skip(), prompts, "Paint over the object with the brush first."
         prompts = [*prompts, {"type": mask_type, "mask": mask, "color": color}]
-        return self.drawn(image_path, prompts), prompts, f"{len(prompts)} prompts placed (the last one painted)."
+        return self.drawn(image_path, prompts), prompts, f"{placed_count(prompts)} The last one is painted."
 
-    def undo(self, image_path, prompts, clicks, prompt_type):
+    def undo(self, image_path, prompts, clicks, prompt_type, color):
         """Drops the last pending click, or else the last placed prompt."""
         if clicks:
             clicks = clicks[:-1]
         else:
             prompts = prompts[:-1]
-        return self.drawn(image_path, prompts), prompts, clicks, click_status(prompt_type, clicks, prompts)
+        drawn = self.drawn(image_path, prompts, clicks, color)
+        return drawn, prompts, clicks, click_status(prompt_type, clicks, prompts)
+
+    def prompts_changed(self, prompts, turns, status):
+        """A conversation is about the prompts it was asked with: changing them starts a new one, so no earlier
+        answer (nor the "copy as code" box) is shown next to prompts it was not about."""
+        if not turns:
+            return gr.skip(), gr.skip(), gr.skip()
+        return [], [], f"{status} The chat was cleared: its answers were about the earlier prompts."
 
     def clear_prompts(self, image_path, prompt_type):
         return self.drawn(image_path, []), [], [], click_status(prompt_type, [], [])
@@ -260,12 +307,16 @@ class WebDemo:
         if not image_path or not question:
             yield gr.skip(), turns, question, "Upload an image and type a question first."
             return
-        image = chat.load_image(image_path).convert("RGB")
-        messages = chat_messages(turns, question, image, prompts)
         started, answer = time.perf_counter(), ""
-        for piece in chat.answer_pieces(self.model, self.processor, messages, int(max_new_tokens), temperature):
-            answer += piece
-            yield chatbot_messages([*turns, (question, answer)]), turns, "", "Answering…"
+        try:
+            image = chat.load_image(image_path).convert("RGB")
+            messages = chat_messages(turns, question, image, prompts)
+            for piece in chat.answer_pieces(self.model, self.processor, messages, int(max_new_tokens), temperature):
+                answer += piece
+                yield chatbot_messages([*turns, (question, answer)]), turns, "", "Answering…"
+        except Exception as error:  # shown on the page; the question stays in the box to be edited
+            yield failed_turn(turns, question, error), turns, question, f"**Not answered:** {error}"
+            return
         turns = [*turns, (question, answer.strip())]
         status = f"Turn {len(turns)} answered in {time.perf_counter() - started:.1f} s."
         yield chatbot_messages(turns), turns, "", status
@@ -277,7 +328,7 @@ def build_page(demo: WebDemo) -> gr.Blocks:
         prompts, clicks, turns = gr.State([]), gr.State([]), gr.State([])
         with gr.Row():
             with gr.Column(scale=1):
-                image_input = gr.Image(
+                image_input = UploadedImage(
                     label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="image"
                 )
                 if example_images():
@@ -349,7 +400,10 @@ def build_page(demo: WebDemo) -> gr.Blocks:
         add_mask.click(
             demo.add_mask, [image_input, prompts, editor, mask_type, color], [canvas, prompts, status], **edit
         )
-        undo.click(demo.undo, [image_input, prompts, clicks, prompt_type], [canvas, prompts, clicks, status], **edit)
+        undo.click(
+            demo.undo, [image_input, prompts, clicks, prompt_type, color], [canvas, prompts, clicks, status], **edit
+        )
+        prompts.change(demo.prompts_changed, [prompts, turns, status], [chatbot, turns, status], **edit)
         clear.click(demo.clear_prompts, [image_input, prompt_type], [canvas, prompts, clicks, status], **edit)
         ask_inputs = [question, turns, image_input, prompts, *settings]
         ask_outputs = [chatbot, turns, question, status]
@@ -391,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     page = build_page(WebDemo(model, processor, display_name(args.model)))
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONOSPACE_FONTS)
-    page.queue().launch(server_name=args.host, server_port=args.port, theme=theme)
+    page.queue().launch(server_name=args.host, server_port=args.port, theme=theme, show_error=True)
     return 0
 
 

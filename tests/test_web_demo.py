@@ -56,6 +56,8 @@ def missing_requirement() -> str | None:
 
 
 MISSING_REQUIREMENT = missing_requirement()
+if MISSING_REQUIREMENT and os.environ.get("VISION_ZEPHYR_REQUIRE_WEB_DEMO") == "1":
+    raise RuntimeError(f"VISION_ZEPHYR_REQUIRE_WEB_DEMO=1 (CI's web step) but {MISSING_REQUIREMENT}")
 pytestmark = pytest.mark.skipif(
     MISSING_REQUIREMENT is not None, reason=f"web demo browser test: {MISSING_REQUIREMENT}"
 )
@@ -254,3 +256,27 @@ def test_clicks_become_the_box_in_the_code_box(asked_page):
     expected = f'{{"type": "box", "xyxy": {json.dumps(asked_page.box)}, "color": "red"}}'
     assert expected in asked_page.code, f"the code box lacks {expected}:\n{asked_page.code}"
     assert f'"text": "{QUESTION}"' in asked_page.code, "the code box must ask the question that was asked"
+
+
+def test_a_failing_turn_shows_its_error_and_the_server_keeps_answering(asked_page, app_server, browser_page):
+    from playwright.sync_api import expect
+
+    page = browser_page
+    page.locator("#question textarea").fill("word " * 2000)  # longer than the demo model's context
+    page.locator("#question textarea").press("Enter")
+    expect(page.locator("#status")).to_contain_text("Not answered")
+    expect(page.locator('#chat [data-testid="bot"]').last).to_contain_text("The prompt is")
+
+    other_session = page.context.new_page()
+    try:
+        other_session.goto(app_server.url, wait_until="domcontentloaded")
+        other_session.locator("#image input[type=file]").set_input_files(EXAMPLE_IMAGE)
+        expect(other_session.locator("#canvas img")).to_be_visible()
+        other_session.locator("#question textarea").fill(QUESTION)
+        other_session.locator("#question textarea").press("Enter")
+        expect(other_session.locator("#status")).to_contain_text("Turn 1 answered")
+    finally:
+        other_session.close()
+    page.locator("#question textarea").fill(QUESTION)
+    page.locator("#question textarea").press("Enter")
+    expect(page.locator("#status")).to_contain_text("Turn 2 answered")
