@@ -6,11 +6,14 @@ conditioning, `generate()`), so broken wiring anywhere shows up as a drop in acc
 
 import math
 import random
+import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -235,3 +238,11 @@ def test_train_demo_rejects_out_of_range_recipe_flags(monkeypatch, capsys, flags
     with pytest.raises(SystemExit):
         train_demo.parse_args()
     assert message in capsys.readouterr().err
+
+
+def test_the_documented_demo_task_command_makes_the_readme_example():
+    seed = int(re.search(r"demo_task\.py --seed (\d+) --save examples/demo\.png", demo_task.__doc__).group(1))
+    case = demo_task.make_cases(1, seed)[0]
+    assert np.array_equal(np.asarray(case.image), np.asarray(Image.open(REPO_ROOT / "examples" / "demo.png"))), (
+        f"demo_task.py's docstring says seed {seed} makes examples/demo.png, but it does not"
+    )

@@ -111,3 +111,13 @@ def test_stop_sequence_ends_the_answer_at_that_text(pipe):
     stopped = pipe(text=messages, max_new_tokens=NEW_TOKENS, return_full_text=False, stop_sequence=stop)
     text = stopped[0]["generated_text"]
     assert stop in text and len(text) < len(unconstrained), f"{stop!r} should end {unconstrained!r} early"
+
+
+def test_a_raw_prompt_in_the_chat_format_answers_like_the_chat(pipe, photo, chat_answer):
+    """`images=` + `text=` applies no chat template (as docs/ecosystem.md says): the chat-format prompt is the user's."""
+    prompt = pipe.processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
+        add_generation_prompt=True,
+    )
+    raw = pipe(images=photo, text=prompt, max_new_tokens=NEW_TOKENS, return_full_text=False)[0]["generated_text"]
+    assert raw.lstrip() == chat_answer.lstrip(), f"raw chat-format prompt gave {raw!r}, the chat {chat_answer!r}"
