@@ -16,7 +16,7 @@ runs of spaces, where transformers' own conversion differs:
 - `"tokenizer_class": "TokenizersBackend"` makes transformers load `tokenizer.json` as it is; with `LlamaTokenizer`
   it rebuilds the pre-tokenizer on load and text after `</s>` tokenizes differently.
 
-Usage: `python scripts/build_tokenizer.py [--sentencepiece-model PATH] [--output-dir DIR]`
+Usage: `vision-zephyr build-tokenizer [--sentencepiece-model PATH] [--output-dir DIR]`
 """
 
 import argparse
@@ -30,9 +30,10 @@ from transformers import TokenizersBackend
 from transformers.tokenization_utils_base import generate_merges
 from transformers.utils.import_utils import is_protobuf_available, is_sentencepiece_available
 
+from vision_zephyr_tools.remote_code import REPO_ROOT
+
 
 IMAGE_TOKEN = "<image>"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SENTENCEPIECE_CONTROL, SENTENCEPIECE_UNKNOWN = 3, 2
 
 TOKENIZER_CONFIG = {
