@@ -3,10 +3,11 @@
 import builtins
 import copy
 
-import chat as chat_cli
 import numpy as np
 import pytest
 from PIL import Image
+
+from vision_zephyr_tools import chat as chat_cli
 
 
 @pytest.fixture
