@@ -2,7 +2,7 @@
 
 The root .py files are the Hub repository's remote code, not a package. The tools import them the way
 `trust_remote_code=True` imports a downloaded checkpoint's code, through transformers' dynamic-module loader over the
-repository root, so they run exactly what users of the Hub repository run, and nothing edits `sys.path`:
+repository root, so they run exactly what users of the Hub repository run, and no import path is edited:
 
     load_repo_class("VisionZephyrForConditionalGeneration")  # a class named in config.json's auto_map
     load_repo_module("visual_prompts").draw_visual_prompts  # anything else, from any root module
