@@ -15,8 +15,15 @@ import functools
 import time
 
 import torch
-from harness import REPO_ROOT, bench_config, interleaved_medians, load_repo_class, photo_like_image
 from transformers import AutoProcessor, LogitsProcessor, LogitsProcessorList, MistralForCausalLM
+
+from vision_zephyr_tools.benchmark_harness import (
+    REPO_ROOT,
+    bench_config,
+    interleaved_medians,
+    load_repo_class,
+    photo_like_image,
+)
 
 
 LANGUAGE_INPUTS = ("input_ids", "attention_mask")

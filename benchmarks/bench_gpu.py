@@ -19,10 +19,11 @@ import statistics
 import time
 
 import torch
-from harness import REPO_ROOT, load_repo_class, photo_like_image
-from make_tiny_checkpoint import tiny_config  # importable once harness has put scripts/ on the path
 from tqdm import tqdm
 from transformers import AutoConfig, AutoProcessor, CompileConfig
+
+from vision_zephyr_tools.benchmark_harness import REPO_ROOT, load_repo_class, photo_like_image
+from vision_zephyr_tools.conversion.make_tiny_checkpoint import tiny_config
 
 
 # Peak memory bandwidth in GB/s, matched against `torch.cuda.get_device_name()` in this order.

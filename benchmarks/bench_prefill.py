@@ -14,15 +14,6 @@ import argparse
 import functools
 
 import torch
-from harness import (
-    REPO_ROOT,
-    add_image_sizes_argument,
-    bench_config,
-    interleaved_medians,
-    load_repo_class,
-    milliseconds,
-    photo_like_image,
-)
 from tqdm import tqdm
 from transformers import (
     AutoProcessor,
@@ -30,6 +21,16 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
     LlavaNextProcessor,
+)
+
+from vision_zephyr_tools.benchmark_harness import (
+    REPO_ROOT,
+    add_image_sizes_argument,
+    bench_config,
+    interleaved_medians,
+    load_repo_class,
+    milliseconds,
+    photo_like_image,
 )
 
 

@@ -12,10 +12,17 @@ import argparse
 import functools
 
 import torch
-from harness import REPO_ROOT, add_image_sizes_argument, interleaved_medians, milliseconds, photo_like_image
 from tqdm import tqdm
 from transformers import LlavaNextImageProcessorPil
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+from vision_zephyr_tools.benchmark_harness import (
+    REPO_ROOT,
+    add_image_sizes_argument,
+    interleaved_medians,
+    milliseconds,
+    photo_like_image,
+)
 
 
 def processors() -> dict:

@@ -15,8 +15,9 @@ import sys
 import types
 
 import torch
-from harness import REPO_ROOT, interleaved_medians, load_repo_class, milliseconds
 from transformers import AutoConfig
+
+from vision_zephyr_tools.benchmark_harness import REPO_ROOT, interleaved_medians, load_repo_class, milliseconds
 
 
 TEXT_TOKENS = 30

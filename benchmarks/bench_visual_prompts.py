@@ -8,18 +8,17 @@ Both go through `VisionZephyrImageProcessor` (loaded as remote code), timed in t
 
 import argparse
 import statistics
-import sys
 
 import numpy as np
-from harness import REPO_ROOT, milliseconds
 from PIL import Image
 from tqdm import tqdm
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
+from vision_zephyr_tools.benchmark_harness import REPO_ROOT, milliseconds
+from vision_zephyr_tools.remote_code import load_repo_module
 
-sys.path.insert(0, str(REPO_ROOT))
 
-from visual_prompts import draw_visual_prompts  # noqa: E402
+draw_visual_prompts = load_repo_module("visual_prompts").draw_visual_prompts
 
 
 IMAGE_SIZE = (1920, 1080)

@@ -23,15 +23,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+# The chat CLI holds the loading and streaming code: installed from the repository (requirements.txt), or its
+# `vision_zephyr_tools/` folder copied next to this file in a Space.
+from vision_zephyr_tools import chat
 
-# `chat.py` (the CLI) holds the loading and streaming code; it sits in scripts/ of the repository, or next to this
-# file in a Space.
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-import chat  # noqa: E402
-
-
 EXAMPLES_DIR = REPO_ROOT / "examples"
 CLICK_PROMPT_TYPES = ("box", "ellipse", "arrow", "point", "scribble")
 MASK_PROMPT_TYPES = ("mask", "mask_contour")

@@ -1,20 +1,28 @@
 """Shared fixtures: a tiny random checkpoint (built once per session, offline) and inputs made for it."""
 
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-from make_tiny_checkpoint import load_repo_class, make_tiny_checkpoint  # noqa: E402
+from vision_zephyr_tools.conversion.make_tiny_checkpoint import make_tiny_checkpoint
+from vision_zephyr_tools.remote_code import REPO_ROOT, load_repo_class  # noqa: F401 (REPO_ROOT: for the tests)
 
 
 IMAGE_TOKEN_ID = 32000
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script outside the package (benchmarks/, research/), imported from its file under its own name."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -4,16 +4,15 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
-from make_tiny_checkpoint import tiny_config
+from conftest import REPO_ROOT, load_script
+
+from vision_zephyr_tools.conversion.make_tiny_checkpoint import tiny_config
 
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-
-import bench_decode  # noqa: E402
-import bench_gpu  # noqa: E402
-import bench_prefill  # noqa: E402
-import bench_processor  # noqa: E402
+bench_decode, bench_gpu, bench_prefill, bench_processor = (
+    load_script(REPO_ROOT / "benchmarks" / f"{name}.py")
+    for name in ("bench_decode", "bench_gpu", "bench_prefill", "bench_processor")
+)
 
 
 def run_script(module, monkeypatch, capsys, *arguments: str) -> str:

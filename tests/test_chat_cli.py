@@ -7,11 +7,12 @@ import subprocess
 import sys
 import threading
 
-import chat as chat_cli
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from vision_zephyr_tools import chat as chat_cli
 
 
 CHAT_SCRIPT = chat_cli.__file__

@@ -14,17 +14,6 @@ import sys
 import pytest
 import torch
 from conftest import IMAGE_TOKEN_ID
-from convert_original_checkpoint import (
-    PROJECTOR_PREFIX,
-    QFormerSizes,
-    build_config,
-    check_repo_tokenizer,
-    convert_original_checkpoint,
-    main,
-    original_fusion_groups,
-    report_full_model,
-    resolve_model_folder,
-)
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
@@ -40,6 +29,18 @@ from transformers import (
     MistralForCausalLM,
 )
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
+
+from vision_zephyr_tools.conversion.convert_original_checkpoint import (
+    PROJECTOR_PREFIX,
+    QFormerSizes,
+    build_config,
+    check_repo_tokenizer,
+    convert_original_checkpoint,
+    main,
+    original_fusion_groups,
+    report_full_model,
+    resolve_model_folder,
+)
 
 
 WIDTH, HEADS, QUERIES, BLOCKS = 64, 8, 32, 8
@@ -275,7 +276,7 @@ CLIP_L_336 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers
 
 
 def test_config_built_for_the_7b_sources_is_the_repositorys_config_json(tmp_path):
-    from make_tiny_checkpoint import REPO_ROOT
+    from vision_zephyr_tools.remote_code import REPO_ROOT
 
     (tmp_path / "zephyr").mkdir()
     (tmp_path / "zephyr" / "config.json").write_text(json.dumps(ZEPHYR_CONFIG))
@@ -393,7 +394,7 @@ def test_a_copy_of_the_output_loads_cleanly_and_generates(converted_dir, tmp_pat
 
 
 def test_a_copy_of_the_output_loads_with_auto_processor(converted_dir, tmp_path):
-    from make_tiny_checkpoint import PROCESSOR_FILES
+    from vision_zephyr_tools.conversion.make_tiny_checkpoint import PROCESSOR_FILES
 
     missing = [name for name in PROCESSOR_FILES if not (converted_dir / name).exists()]
     if missing:
@@ -582,7 +583,7 @@ def test_missing_inputs_raise_file_not_found(original_dirs, projector_file, tmp_
 
 @pytest.mark.parametrize("renamed", [False, True], ids=["same-vocabulary", "two-ids-swapped"])
 def test_the_llm_folders_own_tokenizer_is_compared_with_the_repositorys(tmp_path, caplog, renamed):
-    from make_tiny_checkpoint import REPO_ROOT
+    from vision_zephyr_tools.remote_code import REPO_ROOT
 
     AutoTokenizer.from_pretrained(REPO_ROOT, trust_remote_code=True).save_pretrained(tmp_path)
     if renamed:

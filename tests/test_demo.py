@@ -8,22 +8,26 @@ import math
 import random
 import re
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import REPO_ROOT, load_script
+
+from vision_zephyr_tools.demo_model import demo_task, train_demo
+from vision_zephyr_tools.demo_model.demo_task import (
+    PROMPT_TYPES,
+    QUESTIONS,
+    SHAPE_COLORS,
+    SHAPE_KINDS,
+    make_case,
+    make_cases,
+)
+from vision_zephyr_tools.demo_model.eval_demo import accuracy_table, generate_answers, load_demo
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-import demo_recipe_sweep  # noqa: E402
-import demo_task  # noqa: E402
-import train_demo  # noqa: E402
-from demo_task import PROMPT_TYPES, QUESTIONS, SHAPE_COLORS, SHAPE_KINDS, make_case, make_cases  # noqa: E402
-from eval_demo import accuracy_table, generate_answers, load_demo  # noqa: E402
+demo_recipe_sweep = load_script(REPO_ROOT / "research" / "demo_recipe_sweep.py")
 
 
 DEMO_DIR = REPO_ROOT / "demo"

@@ -1,10 +1,11 @@
-"""Evaluation (scripts/evaluate.py): letter extraction, scoring, resuming, MMBench circular, and a real tiny run."""
+"""Evaluation (vision_zephyr_tools/evaluation.py): letter extraction, scoring, resuming, MMBench circular, and a real tiny run."""
 
 import json
 from pathlib import Path
 
 import pytest
-from evaluate import evaluate, extract_letter, main, mmbench_questions, vcr_questions
+
+from vision_zephyr_tools.evaluation import evaluate, extract_letter, main, mmbench_questions, vcr_questions
 
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

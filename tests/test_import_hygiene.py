@@ -28,7 +28,7 @@ def normalized(distribution: str) -> str:
 
 def pinned_distributions() -> set[str]:
     lines = (REPO_ROOT / "requirements.txt").read_text().splitlines()
-    return {normalized(re.split(r"[=<>!~\[ ]", line)[0]) for line in lines if line and not line.startswith("#")}
+    return {normalized(re.split(r"[=<>!~\[ ]", line)[0]) for line in lines if line and not line.startswith(("#", "-"))}
 
 
 def test_root_modules_are_the_remote_code_files():

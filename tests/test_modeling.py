@@ -296,7 +296,7 @@ def test_device_map_auto_loads_and_runs(tiny_checkpoint):
     ],
 )
 def test_invalid_config_values_raise(repo_class, overrides, message):
-    from make_tiny_checkpoint import tiny_config
+    from vision_zephyr_tools.conversion.make_tiny_checkpoint import tiny_config
 
     with pytest.raises(ValueError, match=message):
         tiny_config(**overrides)

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from collator import IGNORE_INDEX, ChatCollator
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
+
+from vision_zephyr_tools.training.collator import IGNORE_INDEX, ChatCollator
 
 
 peft = pytest.importorskip("peft", reason="PEFT is a dev requirement (requirements-dev.txt)")

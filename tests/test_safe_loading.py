@@ -13,7 +13,13 @@ from PIL import Image
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 
-REPO_CODE = sorted([*REPO_ROOT.glob("*.py"), *(REPO_ROOT / "scripts").glob("*.py")])
+REPO_CODE = sorted(
+    [
+        *REPO_ROOT.glob("*.py"),
+        *(REPO_ROOT / "vision_zephyr_tools").rglob("*.py"),
+        *(REPO_ROOT / "research").glob("*.py"),
+    ]
+)
 # Calls that run code from data: strings as code, or unpicklers that can import and call anything.
 CODE_FROM_DATA_BUILTINS = {"eval", "exec", "compile", "__import__"}
 CODE_FROM_DATA_CALLS = {

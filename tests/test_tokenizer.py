@@ -75,8 +75,7 @@ def test_runs_of_whitespace_tokenize_exactly_like_sentencepiece(tokenizer):
 def test_random_text_tokenizes_exactly_like_live_sentencepiece(tokenizer):
     import sentencepiece
 
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    from build_tokenizer import default_sentencepiece_model
+    from vision_zephyr_tools.conversion.build_tokenizer import default_sentencepiece_model
 
     reference = sentencepiece.SentencePieceProcessor(model_file=str(default_sentencepiece_model()))
     rng = random.Random(0)
@@ -94,7 +93,8 @@ def test_random_text_tokenizes_exactly_like_live_sentencepiece(tokenizer):
 )
 def test_build_script_regenerates_the_shipped_files(tmp_path):
     subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "build_tokenizer.py"), "--output-dir", str(tmp_path)], check=True
+        [sys.executable, "-m", "vision_zephyr_tools.conversion.build_tokenizer", "--output-dir", str(tmp_path)],
+        check=True,
     )
     for name in ["tokenizer.json", "tokenizer_config.json"]:
         assert (tmp_path / name).read_bytes() == (REPO_ROOT / name).read_bytes(), (

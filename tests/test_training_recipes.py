@@ -1,4 +1,4 @@
-"""Training recipes (scripts/train.py): LLaVA-format data, answer-only labels, what each stage trains, and real runs."""
+"""Training recipes (vision_zephyr_tools/training/train.py): LLaVA-format data, answer-only labels, what each stage trains, and real runs."""
 
 import json
 import os
@@ -9,11 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from collator import IGNORE_INDEX, ChatCollator
-from llava_data import LlavaChatDataset, load_records
 from PIL import Image
 from safetensors.torch import load_file
-from train import (
+from transformers import AutoProcessor
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from vision_zephyr_tools.remote_code import REPO_ROOT
+from vision_zephyr_tools.training.collator import IGNORE_INDEX, ChatCollator
+from vision_zephyr_tools.training.llava_data import LlavaChatDataset, load_records
+from vision_zephyr_tools.training.train import (
     TRAINABLE_WEIGHTS_NAME,
     RecipeArguments,
     VisionZephyrTrainingArguments,
@@ -21,11 +25,8 @@ from train import (
     main,
     prepare_model,
 )
-from transformers import AutoProcessor
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 ANSWERS = [["A red square."], ["Two.", "Yes, on the left.", "Blue."], ["A cat"], ["Nothing at all."]]
 
 
@@ -230,7 +231,7 @@ def test_stage2_run_from_a_stage1_projector_saves_lora_and_projector_only(tiny_c
     model = prepare_model(recipe(tiny_checkpoint, dataset_path))
     with torch.no_grad():
         model.model.multi_modal_projector.query_tokens.fill_(0.25)
-    from train import save_trainable_weights
+    from vision_zephyr_tools.training.train import save_trainable_weights
 
     save_trainable_weights(model, str(stage1 / TRAINABLE_WEIGHTS_NAME))
     args = [
@@ -252,7 +253,8 @@ def test_stage2_run_from_a_stage1_projector_saves_lora_and_projector_only(tiny_c
 def test_two_process_run_completes_and_saves(tiny_checkpoint, dataset_path, tmp_path):
     """`torchrun` with the gloo backend on CPU (`accelerate launch --cpu` starts a single process)."""
     command = [
-        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(SCRIPTS / "train.py")),
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
+        *("-m", "vision_zephyr_tools.training.train"),
         *("--model", str(tiny_checkpoint), "--data_path", str(dataset_path), "--stage", "1"),
         *("--output_dir", str(tmp_path), "--max_steps", "2", "--per_device_train_batch_size", "1"),
         *("--projector_lr", "1e-2", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"),
@@ -273,7 +275,7 @@ def test_two_process_run_completes_and_saves(tiny_checkpoint, dataset_path, tmp_
 def test_accelerate_configs_load_and_fsdp_wraps_classes_of_the_model(name, tiny_model):
     from accelerate.commands.config.config_args import load_config_from_file
 
-    config = load_config_from_file(str(SCRIPTS.parent / "configs" / f"{name}.yaml"))
+    config = load_config_from_file(str(REPO_ROOT / "configs" / f"{name}.yaml"))
     assert config.mixed_precision == "bf16" and config.num_processes > 1
     wrapped = config.fsdp_config.get("fsdp_transformer_layer_cls_to_wrap", "")
     classes = {type(module).__name__ for module in tiny_model.modules()}

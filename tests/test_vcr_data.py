@@ -1,4 +1,4 @@
-"""VCR annotations -> visual prompts and questions (scripts/vcr.py), on a fixture in the release's format."""
+"""VCR annotations -> visual prompts and questions (vision_zephyr_tools/training/vcr.py), on a fixture in the release's format."""
 
 import json
 import re
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from vcr import EVAL_ALPHA, TRAIN_SHAPES, VcrChatDataset, convert_record, load_annotations
+
+from vision_zephyr_tools.training.vcr import EVAL_ALPHA, TRAIN_SHAPES, VcrChatDataset, convert_record, load_annotations
 
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vcr"
@@ -108,8 +109,9 @@ def test_training_shapes_cover_the_originals_set_and_draw(records, processor_for
 
 @pytest.fixture(scope="module")
 def processor_for_drawing():
-    from llava_data import draw_visual_prompts
     from PIL import Image
+
+    from vision_zephyr_tools.training.llava_data import draw_visual_prompts
 
     def draw(question):
         return draw_visual_prompts(Image.open(question.image_path), question.visual_prompts)

@@ -1,24 +1,19 @@
 """Visual prompts: what each shape paints, pixel by pixel, and how malformed prompts are rejected."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from vision_zephyr_tools.remote_code import load_repo_module
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import visual_prompts  # noqa: E402
-from visual_prompts import (  # noqa: E402
-    VISUAL_PROMPT_COLORS,
-    describe_visual_prompt,
-    draw_visual_prompts,
-    validate_visual_prompts,
-)
+visual_prompts = load_repo_module("visual_prompts")
+VISUAL_PROMPT_COLORS = visual_prompts.VISUAL_PROMPT_COLORS
+describe_visual_prompt = visual_prompts.describe_visual_prompt
+draw_visual_prompts = visual_prompts.draw_visual_prompts
+validate_visual_prompts = visual_prompts.validate_visual_prompts
 
 
 WIDTH, HEIGHT = 96, 72

@@ -32,7 +32,7 @@ app = load_app()
 
 @pytest.fixture(scope="module")
 def web_demo():
-    import chat
+    from vision_zephyr_tools import chat
 
     model, processor = chat.load_model_and_processor(str(REPO_ROOT / "demo"), "cpu", "auto")
     return app.WebDemo(model, processor, "demo")

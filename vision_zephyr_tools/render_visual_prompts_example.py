@@ -1,21 +1,20 @@
 """Renders the README's picture of visual prompts: a synthetic scene with one prompt of every type, each labelled,
 and below it the phrase the model was trained on for each prompt.
 
-    python scripts/render_visual_prompts_example.py --output docs/visual_prompts.png
+    vision-zephyr render-visual-prompts --output docs/visual_prompts.png
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from vision_zephyr_tools.remote_code import REPO_ROOT, load_repo_module
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from visual_prompts import describe_visual_prompt, draw_visual_prompts  # noqa: E402
+visual_prompts = load_repo_module("visual_prompts")
+describe_visual_prompt, draw_visual_prompts = visual_prompts.describe_visual_prompt, visual_prompts.draw_visual_prompts
 
 
 SCENE_SIZE = (672, 448)

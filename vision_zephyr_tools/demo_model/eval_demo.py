@@ -3,7 +3,7 @@
 Prints the accuracy overall, per question and per prompt type, then the accuracy on the same cases with the visual
 prompt left out (near chance when the model really reads the prompt):
 
-    python scripts/eval_demo.py --n 500 --seed 20261122 --model demo
+    vision-zephyr eval-demo --n 500 --seed 20261122 --model demo
 """
 
 import argparse
@@ -12,12 +12,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from demo_task import DemoCase, make_case
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from vision_zephyr_tools.demo_model.demo_task import DemoCase, make_case
+from vision_zephyr_tools.remote_code import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
 MAX_NEW_TOKENS = 4
 
 

@@ -21,7 +21,6 @@ from `random.Random(f"{seed}:{record id}")`, so a record converts the same way w
 import json
 import math
 import random
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,11 +30,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vision_zephyr_tools.remote_code import load_repo_module
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-from visual_prompts import SHAPE_PHRASES, SIZE_ANCHOR, VISUAL_PROMPT_COLORS  # noqa: E402
+visual_prompts = load_repo_module("visual_prompts")
+SHAPE_PHRASES, SIZE_ANCHOR, VISUAL_PROMPT_COLORS = (
+    visual_prompts.SHAPE_PHRASES,
+    visual_prompts.SIZE_ANCHOR,
+    visual_prompts.VISUAL_PROMPT_COLORS,
+)
 
 
 LETTERS = "ABCD"

@@ -3,7 +3,7 @@
 Same layout as the converted 7B model (config with auto_map, the remote-code files, safetensors, tokenizer,
 processor config, chat template), so the whole code path can be tried and tested without any download:
 
-    python scripts/make_tiny_checkpoint.py /tmp/tiny-vis-zephyr
+    vision-zephyr make-tiny-checkpoint /tmp/tiny-vis-zephyr
     python -c "from transformers import AutoModelForImageTextToText as M; M.from_pretrained('/tmp/tiny-vis-zephyr', trust_remote_code=True)"
 """
 
@@ -13,18 +13,10 @@ from pathlib import Path
 
 import torch
 from transformers import AutoProcessor, GenerationConfig
-from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+from vision_zephyr_tools.remote_code import AUTO_MAP, REMOTE_CODE_FILES, REPO_ROOT, load_repo_class
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-AUTO_MAP = {
-    "AutoConfig": "configuration_vis_zephyr.VisionZephyrConfig",
-    "AutoModel": "modeling_vis_zephyr.VisionZephyrModel",
-    "AutoModelForImageTextToText": "modeling_vis_zephyr.VisionZephyrForConditionalGeneration",
-    "AutoModelForCausalLM": "modeling_vis_zephyr.VisionZephyrForConditionalGeneration",
-}
-# Every root file a checkpoint folder needs besides weights and configs.
-REMOTE_CODE_FILES = sorted(path.name for path in REPO_ROOT.glob("*.py"))
 PROCESSOR_FILES = ["processor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
 
 TINY_VISION_CONFIG = {
@@ -51,14 +43,8 @@ TINY_TEXT_CONFIG = {
 }
 
 
-def load_repo_class(name: str) -> type:
-    """A class of the root remote-code files, imported the way `trust_remote_code` imports it."""
-    reference = next(value for value in AUTO_MAP.values() if value.endswith(f".{name}"))
-    return get_class_from_dynamic_module(reference, str(REPO_ROOT))
-
-
 def tiny_config(projector_type: str = "qformer", **overrides):
-    config_class = get_class_from_dynamic_module(AUTO_MAP["AutoConfig"], str(REPO_ROOT))
+    config_class = load_repo_class("VisionZephyrConfig")
     config = config_class(
         vision_config=TINY_VISION_CONFIG,
         text_config=TINY_TEXT_CONFIG,
@@ -84,7 +70,7 @@ def copy_code_and_processor_files(output_dir: Path, visual_tokens_per_tile: int 
 def make_tiny_checkpoint(output_dir: Path, seed: int = 0, projector_type: str = "qformer") -> Path:
     """Builds a tiny random Vision-Zephyr and saves it with every file `from_pretrained` needs."""
     torch.manual_seed(seed)
-    model_class = get_class_from_dynamic_module(AUTO_MAP["AutoModelForImageTextToText"], str(REPO_ROOT))
+    model_class = load_repo_class("VisionZephyrForConditionalGeneration")
     model = model_class(tiny_config(projector_type)).eval()
     model.generation_config = GenerationConfig.from_pretrained(REPO_ROOT)
     output_dir.mkdir(parents=True, exist_ok=True)

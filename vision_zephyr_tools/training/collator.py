@@ -4,7 +4,7 @@ Nothing here is model-specific glue: the processor's chat template marks assista
 so `apply_chat_template(..., return_assistant_tokens_mask=True)` already says which tokens are the answer (its text
 and its `</s>`), `<image>` expansion included. The collator only turns that mask into `labels`.
 
-    from collator import ChatCollator
+    from vision_zephyr_tools.training.collator import ChatCollator
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=ChatCollator(processor))
 
 where every example is `{"messages": [...]}` in the chat format of `apply_chat_template` (image blocks may carry

@@ -7,13 +7,12 @@ marked by one red visual prompt that the processor draws: a box or an ellipse ar
 arrow pointing at it from outside. The question asks for the marked shape's kind or colour; the answer is one word.
 
     # writes the example picture and prints its prompt (as the chat CLI's flag), question and answer
-    python scripts/demo_task.py --seed 12 --save examples/demo.png --save-prompted examples/demo_prompted.png
+    vision-zephyr demo-task --seed 12 --save examples/demo.png --save-prompted examples/demo_prompted.png
 """
 
 import argparse
 import math
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,11 +258,10 @@ def main() -> None:
     if args.save:
         case.image.save(args.save)
     if args.save_prompted:
-        # Imported here: the drawing lives in the repository root (remote code), not in scripts/.
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from visual_prompts import draw_visual_prompts
+        # Imported here: the task itself draws nothing; the drawing is the root's remote code.
+        from vision_zephyr_tools.remote_code import load_repo_module
 
-        draw_visual_prompts(case.image, [prompt]).save(args.save_prompted)
+        load_repo_module("visual_prompts").draw_visual_prompts(case.image, [prompt]).save(args.save_prompted)
     flag_value = ",".join(str(value) for value in prompt.get("xyxy", prompt.get("xy")))
     print(f"image {case.image.size[0]}x{case.image.size[1]}, shapes {[(s.kind, s.color) for s in case.shapes]}")
     print(f"--{prompt['type']} {flag_value} {case.question!r} -> {case.answer}")

@@ -9,8 +9,8 @@ writes `trainable_weights.safetensors`, Stage 2 a PEFT adapter (LoRA + projector
 Every `TrainingArguments` flag works (`--bf16`, `--gradient_checkpointing`, `--train_sampling_strategy
 group_by_length`, `--save_steps`, `--resume_from_checkpoint`, ...). One process or many, the same script:
 
-    python scripts/train.py --model MODEL --data_path chats.json --image_folder images --stage 1 --output_dir out
-    accelerate launch --config_file configs/deepspeed_zero2.yaml scripts/train.py --model MODEL ...
+    vision-zephyr train --model MODEL --data_path chats.json --image_folder images --stage 1 --output_dir out
+    accelerate launch --config_file configs/deepspeed_zero2.yaml -m vision_zephyr_tools.training.train --model MODEL ...
 
 See docs/training.md for the original's recipes.
 """
@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from collator import ChatCollator
-from llava_data import LlavaChatDataset
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForImageTextToText,
@@ -33,7 +31,10 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from vcr import VcrChatDataset
+
+from vision_zephyr_tools.training.collator import ChatCollator
+from vision_zephyr_tools.training.llava_data import LlavaChatDataset
+from vision_zephyr_tools.training.vcr import VcrChatDataset
 
 
 TRAINABLE_WEIGHTS_NAME = "trainable_weights.safetensors"
@@ -52,12 +53,12 @@ class RecipeArguments:
     model: str = field(metadata={"help": "Vision-Zephyr checkpoint folder or Hub id to start from"})
     data_path: str = field(
         metadata={
-            "help": "LLaVA-format JSON list or JSONL (scripts/llava_data.py), or a VCR JSONL with --data_format vcr"
+            "help": "LLaVA-format JSON list or JSONL (training/llava_data.py), or a VCR JSONL with --data_format vcr"
         }
     )
     data_format: str = field(
         default="llava",
-        metadata={"help": "llava, or vcr: VCR annotations drawn and worded as the original (scripts/vcr.py)"},
+        metadata={"help": "llava, or vcr: VCR annotations drawn and worded as the original (training/vcr.py)"},
     )
     image_folder: str | None = field(
         default=None, metadata={"help": "folder the records' image paths are relative to (default: the data's)"}

@@ -6,8 +6,8 @@ answer starts) a logistic regression is fitted on 320 images and tested on 160 o
 for the colour of the only shape. `--reinit` probes the same architecture freshly initialised (train_demo's init), as
 the baseline that training should beat:
 
-    python scripts/demo_feature_probe.py --model demo
-    python scripts/demo_feature_probe.py --model demo --reinit
+    python research/demo_feature_probe.py --model demo
+    python research/demo_feature_probe.py --model demo --reinit
 """
 
 import argparse
@@ -16,9 +16,10 @@ import random
 import sys
 
 import torch
-import train_demo
-from demo_task import QUESTIONS, SHAPE_COLORS, SHAPE_KINDS, make_case
-from eval_demo import load_demo
+
+from vision_zephyr_tools.demo_model import train_demo
+from vision_zephyr_tools.demo_model.demo_task import QUESTIONS, SHAPE_COLORS, SHAPE_KINDS, make_case
+from vision_zephyr_tools.demo_model.eval_demo import load_demo
 
 
 TRAIN_IMAGES, TEST_IMAGES = 320, 160

@@ -3,7 +3,7 @@
 With a QUESTION it answers once and exits; without one it starts a multi-turn chat (empty line, "exit" or "quit"
 ends it). The default model is the tiny demo model in `demo/`, trained on a synthetic shapes task:
 
-    python scripts/chat.py --image examples/demo.png --box 151,43,314,206 "What color is the marked shape?"
+    vision-zephyr chat --image examples/demo.png --box 151,43,314,206 "What color is the marked shape?"
 """
 
 import argparse
@@ -24,8 +24,9 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from vision_zephyr_tools.remote_code import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
 DEFAULT_MODEL = REPO_ROOT / "demo"
 EXIT_WORDS = {"", "exit", "quit"}
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

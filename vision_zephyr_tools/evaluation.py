@@ -1,7 +1,7 @@
 """Evaluate Vision-Zephyr on VCR (Q->A, QA->R) and MMBench: multiple choice, greedy, batched, resumable.
 
-    python scripts/evaluate.py vcr --model MODEL --annotations val.jsonl --image_folder vcr1images --task qa --output_dir out/vcr-qa
-    python scripts/evaluate.py mmbench --model MODEL --tsv MMBench_DEV_EN.tsv --output_dir out/mmbench
+    vision-zephyr evaluate vcr --model MODEL --annotations val.jsonl --image_folder vcr1images --task qa --output_dir out/vcr-qa
+    vision-zephyr evaluate mmbench --model MODEL --tsv MMBench_DEV_EN.tsv --output_dir out/mmbench
 
 Every answer is appended to `OUTPUT_DIR/predictions.jsonl` as soon as its batch is done; running the same command
 again skips the questions already there. The letter is read from the generated text (`extract_letter`); a text
@@ -182,7 +182,7 @@ def open_rgb(path: str) -> Image.Image:
 
 def vcr_questions(annotations: str | Path, image_folder: str | Path, task: str, seed: int = 0) -> list[Question]:
     """VCR `qa` (question -> answer) or `qar` (question + answer -> rationale) questions with point prompts."""
-    from vcr import convert_record, load_annotations
+    from vision_zephyr_tools.training.vcr import convert_record, load_annotations
 
     questions = []
     for index, record in enumerate(load_annotations(annotations)):

@@ -7,20 +7,14 @@ takes seconds: vision 24 layers × 64, language model 4 layers × 512 with the f
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-from make_tiny_checkpoint import AUTO_MAP, load_repo_class  # noqa: E402
+from vision_zephyr_tools.remote_code import AUTO_MAP, REPO_ROOT, load_repo_class  # noqa: F401 (REPO_ROOT: for the benchmarks)
 
 
 IMAGE_SIZES = [(640, 480), (1920, 1080), (4032, 3024)]

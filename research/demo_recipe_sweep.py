@@ -6,8 +6,8 @@ every `--eval-every` steps the first-answer-token accuracy is printed per questi
 and 96 single-shape cases, so the variants' learning curves can be compared at equal steps. BENCHMARKS.md ("Demo
 model") has the results of the runs below on one H100 (8 variants at a time, 2 data workers each):
 
-    python scripts/demo_recipe_sweep.py --steps 1500 --out /tmp/sweep A_control B_w128 C_no_layer0 ...
-    python scripts/demo_recipe_sweep.py --list
+    python research/demo_recipe_sweep.py --steps 1500 --out /tmp/sweep A_control B_w128 C_no_layer0 ...
+    python research/demo_recipe_sweep.py --list
 """
 
 import argparse
@@ -20,12 +20,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import demo_task
 import torch
-import train_demo
-from collator import ChatCollator
-from demo_task import make_case
 from transformers import get_cosine_schedule_with_warmup
+
+from vision_zephyr_tools.demo_model import demo_task, train_demo
+from vision_zephyr_tools.demo_model.demo_task import make_case
+from vision_zephyr_tools.training.collator import ChatCollator
 
 
 WIDE_TOWER = {"hidden_size": 128, "intermediate_size": 512, "projection_dim": 128}

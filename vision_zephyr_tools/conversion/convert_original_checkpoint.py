@@ -5,10 +5,10 @@ the remote-code files and, when the repository root has them, the processor file
 image processor config, chat template). Tensors are streamed one by one into shards, so the peak memory stays near
 one shard plus one source file, far below the size of the model.
 
-    python scripts/convert_original_checkpoint.py --projector mm_projector.bin --output vision-zephyr-7b
-    python scripts/convert_original_checkpoint.py --llm ./zephyr-7b-beta --vision ./clip-vit-large-patch14-336 \\
+    vision-zephyr convert --projector mm_projector.bin --output vision-zephyr-7b
+    vision-zephyr convert --llm ./zephyr-7b-beta --vision ./clip-vit-large-patch14-336 \\
         --projector ./mm_projector.bin --output ./vision-zephyr-7b --dtype bfloat16 --max-shard-size 5GB
-    python scripts/convert_original_checkpoint.py --report    # 7B parameter count and shard layout, reads no weights
+    vision-zephyr convert --report    # 7B parameter count and shard layout, reads no weights
 
 Local folders work offline; Hub ids are downloaded (weights and configs only) when no such local path exists.
 """
@@ -26,12 +26,14 @@ from pathlib import Path
 import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.serialization import StateDictSplit, split_state_dict_into_shards_factory
-from make_tiny_checkpoint import AUTO_MAP, PROCESSOR_FILES, REPO_ROOT, copy_code_and_processor_files, load_repo_class
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedConfig
 from transformers.utils.hub import convert_file_size_to_int
+
+from vision_zephyr_tools.conversion.make_tiny_checkpoint import PROCESSOR_FILES, copy_code_and_processor_files
+from vision_zephyr_tools.remote_code import AUTO_MAP, REPO_ROOT, load_repo_class
 
 
 logger = logging.getLogger("convert_original_checkpoint")

@@ -13,7 +13,6 @@ for `collator.ChatCollator`.
 """
 
 import json
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,10 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vision_zephyr_tools.remote_code import load_repo_module
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-from visual_prompts import draw_visual_prompts  # noqa: E402
+draw_visual_prompts = load_repo_module("visual_prompts").draw_visual_prompts
 
 
 IMAGE_MARKER = "<image>"

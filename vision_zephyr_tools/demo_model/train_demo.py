@@ -1,4 +1,4 @@
-"""Train the tiny demo Vision-Zephyr on the shapes task (scripts/demo_task.py) on CPU and save it as a checkpoint.
+"""Train the tiny demo Vision-Zephyr on the shapes task (demo_task.py) on CPU and save it as a checkpoint.
 
 Every batch is generated fresh from a seeded generator and goes through the same code path as users' inputs: the
 processor draws the red visual prompt, tiles the image (anyres) and expands `<image>`; the prompt is the chat template
@@ -6,8 +6,8 @@ with the question; the loss is the model's own `labels` loss on the answer word 
 loss on the marked shape read from the Q-Former's tokens by a throw-away head. A stage 0 first teaches the vision
 tower shapes and colours on its own (`pretrain_tower`), as the real model starts from a pre-trained CLIP.
 
-    python scripts/train_demo.py --output-dir /tmp/demo-run
-    python scripts/train_demo.py --output-dir /tmp/demo-run --export /tmp/demo-export   # resumes, then exports
+    vision-zephyr train-demo --output-dir /tmp/demo-run
+    vision-zephyr train-demo --output-dir /tmp/demo-run --export /tmp/demo-export   # resumes, then exports
 
 The defaults are the recipe of the committed `demo/` checkpoint (v14 in BENCHMARKS.md, with its learning curve, the
 earlier recipes and what each one showed). `--edge-filter-channels 0 --tower-steps 0 --auxiliary-weight 0 --steps
@@ -27,18 +27,24 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from collator import IGNORE_INDEX, ChatCollator
-from demo_task import QUESTIONS, SHAPE_COLORS, SHAPE_KINDS, SHAPES_PER_IMAGE, DemoCase, make_case
-from make_tiny_checkpoint import AUTO_MAP, REMOTE_CODE_FILES, REPO_ROOT, load_repo_class
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
+from vision_zephyr_tools.demo_model.demo_task import (
+    QUESTIONS,
+    SHAPE_COLORS,
+    SHAPE_KINDS,
+    SHAPES_PER_IMAGE,
+    DemoCase,
+    make_case,
+)
+from vision_zephyr_tools.remote_code import AUTO_MAP, REMOTE_CODE_FILES, REPO_ROOT, load_repo_class, load_repo_module
+from vision_zephyr_tools.training.collator import IGNORE_INDEX, ChatCollator
 
-# The drawing code lives in the repository root (remote code), not in scripts/.
-sys.path.insert(0, str(REPO_ROOT))
 
-from visual_prompts import DEFAULT_ALPHA, default_stroke_size  # noqa: E402
+visual_prompts = load_repo_module("visual_prompts")
+DEFAULT_ALPHA, default_stroke_size = visual_prompts.DEFAULT_ALPHA, visual_prompts.default_stroke_size
 
 
 SINGLE_SHAPE = (1, 1)

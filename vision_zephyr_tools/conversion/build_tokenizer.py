@@ -16,11 +16,12 @@ runs of spaces, where transformers' own conversion differs:
 - `"tokenizer_class": "TokenizersBackend"` makes transformers load `tokenizer.json` as it is; with `LlamaTokenizer`
   it rebuilds the pre-tokenizer on load and text after `</s>` tokenizes differently.
 
-Usage: `python scripts/build_tokenizer.py [--sentencepiece-model PATH] [--output-dir DIR]`
+Usage: `vision-zephyr build-tokenizer [--sentencepiece-model PATH] [--output-dir DIR]`
 """
 
 import argparse
 import importlib.resources
+import importlib.util
 import json
 from pathlib import Path
 
@@ -30,9 +31,10 @@ from transformers import TokenizersBackend
 from transformers.tokenization_utils_base import generate_merges
 from transformers.utils.import_utils import is_protobuf_available, is_sentencepiece_available
 
+from vision_zephyr_tools.remote_code import REPO_ROOT
+
 
 IMAGE_TOKEN = "<image>"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SENTENCEPIECE_CONTROL, SENTENCEPIECE_UNKNOWN = 3, 2
 
 TOKENIZER_CONFIG = {
@@ -106,10 +108,14 @@ def save_tokenizer(tokenizer: TokenizersBackend, output_dir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sentencepiece-model", type=Path, default=default_sentencepiece_model())
+    parser.add_argument(
+        "--sentencepiece-model", type=Path, help="Mistral-7B-v0.1's tokenizer.model (default: mistral-common's copy)"
+    )
     parser.add_argument("--output-dir", type=Path, default=REPO_ROOT)
     args = parser.parse_args()
-    tokenizer = build_tokenizer(args.sentencepiece_model)
+    if args.sentencepiece_model is None and importlib.util.find_spec("mistral_common") is None:
+        parser.error("--sentencepiece-model: give the path of tokenizer.model, or pip install mistral-common")
+    tokenizer = build_tokenizer(args.sentencepiece_model or default_sentencepiece_model())
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != 32000:
         raise RuntimeError(f"{IMAGE_TOKEN} got id {tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)}, expected 32000")
     save_tokenizer(tokenizer, args.output_dir)

@@ -1,0 +1,36 @@
+"""The layout holds: the tools are one package that finds the root's remote code one way, and no code edits the import
+path (a merged tool that does would work only from some working directories)."""
+
+import re
+from pathlib import Path
+
+from vision_zephyr_tools.remote_code import REPO_ROOT
+
+
+IMPORT_PATH_EDIT = re.compile(r"sys\.path|PYTHONPATH|site\.addsitedir")
+SKIPPED_FOLDERS = {".venv", ".git", "build"}
+
+
+def repository_python_files() -> list:
+    return [
+        path
+        for path in REPO_ROOT.rglob("*.py")
+        if not SKIPPED_FOLDERS & set(path.relative_to(REPO_ROOT).parts) and "egg-info" not in str(path)
+    ]
+
+
+def test_no_code_edits_the_import_path():
+    offenders = [
+        f"{path.relative_to(REPO_ROOT)}:{number}"
+        for path in repository_python_files()
+        if path != Path(__file__)  # the pattern above
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if IMPORT_PATH_EDIT.search(line)
+    ]
+    assert not offenders, f"load the package or the remote code (vision_zephyr_tools.remote_code) instead: {offenders}"
+
+
+def test_python_outside_the_package_is_only_the_hub_files_and_the_known_folders():
+    # New tools belong in vision_zephyr_tools/ (a command in cli.py), not in a new folder of scripts.
+    folders = {path.relative_to(REPO_ROOT).parts[0] for path in repository_python_files() if path.parent != REPO_ROOT}
+    assert folders <= {"vision_zephyr_tools", "tests", "benchmarks", "research", "space", "demo", ".ci"}, sorted(folders)
