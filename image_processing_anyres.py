@@ -183,7 +183,7 @@ class VisionZephyrImageProcessor(BaseImageProcessor):
         ]
         image_sizes = [(image.height, image.width) for image in images]
         image_grids = [anyres_grid_shape(size, pinpoints, tile_size) for size in image_sizes]
-        device = torch.device(device or "cpu")
+        device = torch_device(device)
         normalize = functools.partial(
             normalize_levels,
             rescale_factor=rescale_factor if do_rescale else None,
@@ -419,6 +419,14 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     raise ValueError(
         f"images: expected uint8, uint16, integers in [0, 255] or floats in [0, 1], got dtype {pixels.dtype}"
     )
+
+
+def torch_device(device: str | torch.device | None) -> torch.device:
+    """The `device` argument as a `torch.device` (the CPU when `None`), or a `ValueError` naming it."""
+    try:
+        return torch.device(device or "cpu")
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got {device!r}") from error
 
 
 def tile_image(

@@ -101,6 +101,12 @@ def test_device_argument_tiles_there_with_the_same_values():
     assert isinstance(processor(image, device="cpu").pixel_values, np.ndarray), "without return_tensors: numpy"
 
 
+def test_unknown_device_is_a_value_error_naming_the_argument():
+    processor = repo_function("VisionZephyrImageProcessor")()
+    with pytest.raises(ValueError, match="device: expected a torch device"):
+        processor(Image.new("RGB", (8, 8)), device="gpu0")
+
+
 def test_other_resampling_filters_are_rejected():
     processor = repo_function("VisionZephyrImageProcessor")()
     with pytest.raises(ValueError, match="resample: only LANCZOS"):
