@@ -2,10 +2,11 @@
 
 Both produce the same geometry (336 tiles, Vision-Zephyr's pinpoints, base view + grid, float32 tensors), timed
 interleaved in one run on 640×480, 1920×1080 and 4032×3024 RGB images, one image per call and batches of 8 (one
-call with a list of 8 images, reported per image); medians are compared. Ours runs in the default faithful mode (PIL
-LANCZOS, bit-exact to the original) and in the opt-in `fast_resize` mode.
+call with a list of 8 images, reported per image), with 2 torch threads and with 1 (PIL is single-threaded either
+way); medians are compared. Ours runs in the default exact mode (our LANCZOS, bit-exact to the original's Pillow
+11.2.1) and in the opt-in `fast_resize` mode.
 
-    python benchmarks/bench_processor.py --repeats 15 --batch-sizes 1 8
+    python benchmarks/bench_processor.py --repeats 15 --batch-sizes 1 8 --threads 2 1
 """
 
 import argparse
@@ -33,7 +34,7 @@ def processors() -> dict:
         image_grid_pinpoints=ours.image_grid_pinpoints,
     )
     return {
-        "ours (faithful)": lambda images: ours(images, return_tensors="pt"),
+        "ours (exact)": lambda images: ours(images, return_tensors="pt"),
         "ours (fast_resize)": lambda images: ours(images, fast_resize=True, return_tensors="pt"),
         "LlavaNextImageProcessorPil": lambda images: llava(images, return_tensors="pt"),
     }
@@ -57,23 +58,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per image size and processor")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="images per processor call")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (fast mode)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="torch thread counts to compare")
     add_image_sizes_argument(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
 
     candidates = processors()
-    cases = [(size, batch) for batch in args.batch_sizes for size in args.image_sizes]
-    results = {case: measure(candidates, *case, args.repeats) for case in tqdm(cases, desc="cases")}
+    cases = [
+        (threads, size, batch) for threads in args.threads for batch in args.batch_sizes for size in args.image_sizes
+    ]
+    results = {}
+    for threads, size, batch in tqdm(cases, desc="cases"):
+        torch.set_num_threads(threads)
+        results[threads, size, batch] = measure(candidates, size, batch, args.repeats)
 
-    print(f"median ms per image over {args.repeats} interleaved runs, torch threads {args.threads}")
-    header = f"{'image':>10} | {'batch':>5} | " + " | ".join(f"{name:>26}" for name in candidates)
-    print(header + " | faithful × | fast ×", "-" * (len(header) + 22), sep="\n")
-    for (size, batch), medians in results.items():
+    print(f"median ms per image over {args.repeats} interleaved runs")
+    header = f"{'threads':>7} | {'image':>10} | {'batch':>5} | " + " | ".join(f"{name:>26}" for name in candidates)
+    print(header + " | exact × | fast ×", "-" * (len(header) + 19), sep="\n")
+    for (threads, size, batch), medians in results.items():
         baseline = medians["LlavaNextImageProcessorPil"]
         cells = " | ".join(f"{medians[name]:>26.1f}" for name in candidates)
-        faithful, fast = baseline / medians["ours (faithful)"], baseline / medians["ours (fast_resize)"]
-        print(f"{size[0]:>5}×{size[1]:<4} | {batch:>5} | {cells} | {faithful:>10.2f} | {fast:>6.2f}")
+        exact, fast = baseline / medians["ours (exact)"], baseline / medians["ours (fast_resize)"]
+        print(f"{threads:>7} | {size[0]:>5}×{size[1]:<4} | {batch:>5} | {cells} | {exact:>7.2f} | {fast:>6.2f}")
 
 
 if __name__ == "__main__":

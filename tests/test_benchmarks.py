@@ -21,12 +21,11 @@ def run_script(module, monkeypatch, capsys, *arguments: str) -> str:
     return capsys.readouterr().out
 
 
-def test_processor_benchmark_prints_every_image_and_batch_size(monkeypatch, capsys):
-    output = run_script(
-        bench_processor, monkeypatch, capsys, "--repeats", "1", "--batch-sizes", "1", "2", "--image-sizes", "64x48"
-    )
-    rows = [line for line in output.splitlines() if line.lstrip().startswith("64×48")]
-    assert len(rows) == 2, f"expected one row per batch size, got:\n{output}"
+def test_processor_benchmark_prints_every_thread_count_image_and_batch_size(monkeypatch, capsys):
+    arguments = ["--repeats", "1", "--batch-sizes", "1", "2", "--image-sizes", "64x48", "--threads", "2", "1"]
+    output = run_script(bench_processor, monkeypatch, capsys, *arguments)
+    rows = [line for line in output.splitlines() if "64×48" in line]
+    assert len(rows) == 4, f"expected one row per thread count and batch size, got:\n{output}"
 
 
 def test_decode_benchmark_compares_with_the_bare_mistral(monkeypatch, capsys):
