@@ -19,6 +19,7 @@ from make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
 
 
 MAX_NEW_TOKENS = 8
+WEIGHT_SCALE = 8
 BOX = {"type": "box", "xyxy": [40, 30, 160, 120], "color": "red"}
 ELLIPSE = {"type": "ellipse", "xyxy": [100, 50, 300, 200], "color": "blue"}
 
@@ -52,7 +53,18 @@ def conversation(images: list, question: str) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-vis-zephyr"))
+    """The tiny checkpoint with its matrices scaled up 8×, so that its answers depend on the question and on the
+    Q-Former's text (at the default init they hardly do, and a cache that mixed up two questions would go unseen)."""
+    from transformers import AutoModelForImageTextToText
+
+    folder = make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-vis-zephyr"))
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 2 and "embed" not in name:
+                parameter.mul_(WEIGHT_SCALE)
+    model.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,8 @@ def server_command(checkpoint, port: int) -> list[str]:
         "--dtype", "float32", "--max-model-len", "2048",
         "--limit-mm-per-prompt", '{"image": 2}',
         "--gpu-memory-utilization", "0.15",
+        # Requests carry `mm_processor_kwargs={"qformer_text": prompt}`, which vLLM accepts only with this flag.
+        "--trust-request-mm-kwargs",
     ]  # fmt: skip
 
 
