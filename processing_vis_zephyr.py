@@ -179,9 +179,17 @@ class VisionZephyrProcessor(ProcessorMixin):
     def apply_chat_template(self, conversation, *args, **kwargs):
         """`ProcessorMixin.apply_chat_template` after checking the conversation (see `check_conversation`).
 
-        The `visual_prompts` of image blocks go to the processor call, in the order the images are collected.
+        The `visual_prompts` of image blocks go to the processor call, in the order the images are collected. Images
+        passed as `processor_kwargs={"images": [...]}` for image blocks without a source are put into those blocks
+        (transformers 5.19 would otherwise pass `images` twice).
         """
         check_conversation(conversation)
+        images = (kwargs.get("processor_kwargs") or {}).get("images")
+        if kwargs.get("tokenize") and images is not None and sourceless_image_blocks(conversation):
+            conversation = with_images_in_blocks(conversation, flatten_images(images))
+            kwargs["processor_kwargs"] = {
+                key: value for key, value in kwargs["processor_kwargs"].items() if key != "images"
+            }
         visual_prompts = visual_prompts_of_chats(conversation)
         if kwargs.get("tokenize") and any(prompts is not None for prompts in visual_prompts):
             kwargs["processor_kwargs"] = {**(kwargs.get("processor_kwargs") or {}), "visual_prompts": visual_prompts}
@@ -251,16 +259,50 @@ def check_image_count(text, images: list | None, image_token: str) -> None:
         )
 
 
-def visual_prompts_of_chats(conversation) -> list:
-    """The `visual_prompts` of every image block of a chat (or a batch of chats), `None` where a block has none."""
+def image_blocks(conversation) -> list[Mapping]:
     chats = conversation if isinstance(conversation[0], (list, tuple)) else [conversation]
     return [
-        block.get("visual_prompts")
+        block
         for chat in chats
         for message in chat
         if not isinstance(message.get("content"), str)
         for block in message.get("content") or []
         if block["type"] == "image"
+    ]
+
+
+def sourceless_image_blocks(conversation) -> bool:
+    """Whether every image block only marks a place (the images come through `processor_kwargs`)."""
+    blocks = image_blocks(conversation)
+    return bool(blocks) and not any(key in block for block in blocks for key in IMAGE_SOURCE_KEYS)
+
+
+def with_images_in_blocks(conversation, images: list):
+    """A copy of the conversation whose sourceless image blocks hold `images`, in order."""
+    if len(images) != len(image_blocks(conversation)):
+        raise ValueError(
+            f"processor_kwargs['images']: got {len(images)} images for {len(image_blocks(conversation))} image blocks"
+        )
+    remaining = iter(images)
+
+    def filled(message):
+        if isinstance(message.get("content"), str):
+            return message
+        content = [
+            {**block, "image": next(remaining)} if block["type"] == "image" else block for block in message["content"]
+        ]
+        return {**message, "content": content}
+
+    if isinstance(conversation[0], (list, tuple)):
+        return [[filled(message) for message in chat] for chat in conversation]
+    return [filled(message) for message in conversation]
+
+
+def visual_prompts_of_chats(conversation) -> list:
+    """The `visual_prompts` of every image block of a chat (or a batch of chats), `None` where a block has none."""
+    return [
+        block.get("visual_prompts")
+        for block in image_blocks(conversation)
         for key in IMAGE_SOURCE_KEYS
         if key in block
     ]
