@@ -5,9 +5,10 @@ import re
 import transformers
 
 
-# The oldest transformers the remote code works with (requirements.txt pins the tested 5.23.0). This file is the first
-# that `trust_remote_code` imports, so the check runs before any import that an older release would fail on.
-MINIMUM_TRANSFORMERS_VERSION = (5, 23)
+# The oldest transformers the remote code works with: 5.19, what the released vLLM and SGLang builds pin
+# (requirements.txt pins the tested 5.23.0; CI also runs the tests under 5.19). This file is the first that
+# `trust_remote_code` imports, so the check runs before any import that an older release would fail on.
+MINIMUM_TRANSFORMERS_VERSION = (5, 19)
 
 
 def check_transformers_version(installed: str) -> None:
@@ -26,8 +27,51 @@ check_transformers_version(transformers.__version__)
 from typing import Literal  # noqa: E402
 
 from huggingface_hub.dataclasses import strict  # noqa: E402
-from transformers import AutoConfig, PreTrainedConfig  # noqa: E402
-from transformers.configuration_utils import SubConfigSpec  # noqa: E402
+from transformers import AutoConfig, PreTrainedConfig, configuration_utils  # noqa: E402
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING  # noqa: E402
+from transformers.utils import output_capturing  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Differences between the supported transformers releases (5.19 to 5.23), all handled here. The other remote-code
+# files import these helpers (`from .configuration_vis_zephyr import ...`) instead of the APIs that differ:
+# - `SubConfigSpec` (5.20+) declares sub-config defaults, which also keeps them out of the saved config.json; 5.19 has a
+#   plain `sub_configs` mapping. The class declares whichever exists; `build_sub_config` builds them on every release.
+# - `slice_logits_to_keep` (5.20+, also takes boolean masks): `keep_logits` falls back to the int/index slice.
+# - `output_hidden_states=[indices]` (5.20+; 5.19's CLIP raises IndexError): `hidden_states_request` asks 5.19 for all.
+# - `ProcessorMixin._merge_kwargs` takes the kwargs class positionally in 5.19 (optional later): callers pass it.
+# - A `ProcessingKwargs` subclass needs a `_defaults` dict in 5.19: the processor's declares an empty one.
+# ---------------------------------------------------------------------------------------------------------------------
+SELECTS_HIDDEN_STATES = hasattr(output_capturing, "selected_hidden_states")
+SubConfigSpec = getattr(configuration_utils, "SubConfigSpec", None)
+
+
+def build_sub_config(value: dict | PreTrainedConfig | None, model_type: str, defaults: dict) -> PreTrainedConfig:
+    """A sub-config from a config, a dict (its `model_type`, else `model_type`) or `None` (`defaults`)."""
+    if isinstance(value, PreTrainedConfig):
+        return value
+    if value is None:
+        value = defaults
+    if not isinstance(value, dict):
+        raise TypeError(f"A sub-config must be a dict, a PreTrainedConfig or None, got {type(value).__name__}.")
+    value = {"model_type": model_type, **value}
+    return CONFIG_MAPPING[value["model_type"]](**value)
+
+
+def keep_logits(hidden_states, logits_to_keep):
+    """`hidden_states` at the positions `logits_to_keep` selects (0 = all, n = the last n, or indices)."""
+    from transformers import modeling_utils  # imported here: processor-only users never load modeling_utils
+
+    slice_logits_to_keep = getattr(modeling_utils, "slice_logits_to_keep", None)
+    if slice_logits_to_keep is not None:
+        return slice_logits_to_keep(hidden_states, logits_to_keep)
+    positions = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+    return hidden_states[:, positions, :]
+
+
+def hidden_states_request(indices: list[int]) -> list[int] | bool:
+    """The `output_hidden_states` value that gives at least the hidden states `indices` name."""
+    return sorted(indices) if SELECTS_HIDDEN_STATES else True
 
 
 # The trained original averages CLIP layers 4-8, 9-13, 14-18, 19-23 and appends layer 24 (hidden_states indices).
@@ -40,6 +84,24 @@ ORIGINAL_VISION_FEATURE_LAYERS = [
 ]
 # The original config lists (width, height) pairs; stored here as (height, width), order kept so ties resolve the same.
 ORIGINAL_GRID_PINPOINTS = [[672, 336], [336, 672], [1008, 336], [336, 1008]]
+# Zephyr-7B-beta's values where they differ from MistralConfig's defaults, plus the `<image>` row.
+ZEPHYR_TEXT_CONFIG = {
+    "vocab_size": 32001,
+    "pad_token_id": 2,
+    "sliding_window": 4096,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-5,
+}
+# CLIP ViT-L/14-336.
+CLIP_VISION_CONFIG = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 336,
+    "projection_dim": 768,
+}
 
 
 @strict
@@ -81,33 +143,13 @@ class VisionZephyrConfig(PreTrainedConfig):
     """
 
     model_type = "vis_zephyr"
-    sub_configs_defaults = {
-        "text_config": SubConfigSpec(
-            config_class=AutoConfig,
-            model_type="mistral",
-            # Zephyr-7B-beta's values where they differ from MistralConfig's defaults, plus the `<image>` row.
-            init_kwargs={
-                "vocab_size": 32001,
-                "pad_token_id": 2,
-                "sliding_window": 4096,
-                "max_position_embeddings": 32768,
-                "rms_norm_eps": 1e-5,
-            },
-        ),
-        "vision_config": SubConfigSpec(
-            config_class=AutoConfig,
-            model_type="clip_vision_model",
-            init_kwargs={
-                "hidden_size": 1024,
-                "intermediate_size": 4096,
-                "num_hidden_layers": 24,
-                "num_attention_heads": 16,
-                "patch_size": 14,
-                "image_size": 336,
-                "projection_dim": 768,
-            },
-        ),
-    }
+    if SubConfigSpec is None:
+        sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+    else:
+        sub_configs_defaults = {
+            "text_config": SubConfigSpec(AutoConfig, model_type="mistral", init_kwargs=ZEPHYR_TEXT_CONFIG),
+            "vision_config": SubConfigSpec(AutoConfig, model_type="clip_vision_model", init_kwargs=CLIP_VISION_CONFIG),
+        }
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -125,6 +167,8 @@ class VisionZephyrConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        self.text_config = build_sub_config(self.text_config, "mistral", ZEPHYR_TEXT_CONFIG)
+        self.vision_config = build_sub_config(self.vision_config, "clip_vision_model", CLIP_VISION_CONFIG)
         super().__post_init__(**kwargs)
         if self.vision_feature_layers is None:
             self.vision_feature_layers = [list(group) for group in ORIGINAL_VISION_FEATURE_LAYERS]

@@ -10,12 +10,12 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_vis_zephyr import VisionZephyrConfig
+from .configuration_vis_zephyr import VisionZephyrConfig, hidden_states_request, keep_logits
 from .image_processing_anyres import anyres_grid_shape, num_image_tokens, num_tiles_from_grid
 
 
@@ -326,9 +326,6 @@ class VisionZephyrPreTrainedModel(PreTrainedModel):
 class VisionZephyrModel(VisionZephyrPreTrainedModel):
     """The vision tower, the projector and the language model without its head."""
 
-    # Loading the full checkpoint through `AutoModel` leaves the LM head out on purpose.
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
-
     def __init__(self, config: VisionZephyrConfig):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
@@ -340,8 +337,22 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        """Loading the full checkpoint through `AutoModel` leaves the LM head out on purpose: not reported.
+
+        Not `_keys_to_ignore_on_load_unexpected`: vLLM turns that list into rules that drop the matching weights
+        from the whole checkpoint, which would leave its LM head uninitialised.
+        """
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        loading_info.unexpected_keys = {key for key in loading_info.unexpected_keys if not key.startswith("lm_head.")}
+
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
+
+    @property
+    def conditions_on_text(self) -> bool:
+        """Whether the Q-Former's first block reads the prompt text (`qformer_input_ids`)."""
+        return self.config.qformer_text_conditioning and self.config.projector_type == "qformer"
 
     @property
     def visual_tokens_per_tile(self) -> int:
@@ -362,17 +373,22 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
             for size in torch.as_tensor(image_sizes).tolist()
         ]
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
         image_sizes: torch.Tensor | None = None,
         image_grids: torch.Tensor | None = None,
-        text_context: torch.Tensor | None = None,
-        text_context_mask: torch.Tensor | None = None,
+        qformer_input_ids: torch.LongTensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
         Runs the vision tower on every real tile, fuses its layers and projects each tile to visual tokens.
+
+        This is the one way images enter the model: `forward` calls it, and so do serving engines (vLLM's
+        Transformers backend), with the processor's outputs sliced per image. Everything the projector reads comes
+        in through these arguments, the prompt text of the Q-Former's first block included.
 
         Args:
             pixel_values (`torch.Tensor` of shape `(num_images, max_tiles, 3, tile_size, tile_size)`):
@@ -381,10 +397,11 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
                 `(height, width)` of each original image; used to find the grid when `image_grids` is not given.
             image_grids (`torch.Tensor` of shape `(num_images, 2)`, *optional*):
                 `(rows, cols)` of each image's tile grid, as chosen by the processor.
-            text_context (`torch.Tensor` of shape `(num_images, text_length, hidden_size)`, *optional*):
-                Text embeddings that the first Q-Former block of that image's tiles attends to.
-            text_context_mask (`torch.BoolTensor` of shape `(num_images, text_length)`, *optional*):
-                False marks padding in `text_context`.
+            qformer_input_ids (`torch.LongTensor` of shape `(num_images, text_length)`, *optional*):
+                Ids of the prompt text that the first Q-Former block of each image's tiles attends to (the
+                processor's output of that name). Required while `qformer_text_conditioning` is on.
+            qformer_attention_mask (`torch.Tensor` of shape `(num_images, text_length)`, *optional*):
+                0 marks padding in `qformer_input_ids`.
 
         Returns:
             [`BaseModelOutputWithPooling`] whose `last_hidden_state` holds the fused tile features and
@@ -405,12 +422,13 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
         # No `.to(device)`: offloaded towers sit on "meta" and accelerate's hooks move inputs where weights run.
         tiles = tiles.to(dtype=self.vision_tower.dtype)
 
-        needed_layers = sorted({index for group in self.config.vision_feature_layers for index in group})
+        needed_layers = hidden_states_request([i for group in self.config.vision_feature_layers for i in group])
         vision_outputs = self.vision_tower(tiles, output_hidden_states=needed_layers, return_dict=True, **kwargs)
         fused_features = fuse_vision_layers(vision_outputs.hidden_states, self.config.vision_feature_layers)
 
         projector_inputs = {}
-        if text_context is not None and self.config.projector_type == "qformer":
+        if self.conditions_on_text:
+            text_context, text_context_mask = self.qformer_text_context(qformer_input_ids, qformer_attention_mask)
             counts = torch.tensor(tiles_per_image, device=text_context.device)
             projector_inputs = {
                 "text_context": text_context.repeat_interleave(counts, dim=0).to(fused_features),
@@ -449,18 +467,38 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
             raise ValueError("An image's `<image>` placeholder tokens are split across two samples of the batch.")
         return first_sample
 
-    def text_context_per_image(
+    def qformer_text_context(
+        self, qformer_input_ids: torch.LongTensor | None, qformer_attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of each image's Q-Former text and its `(num_images, text_length)` bool mask."""
+        if qformer_input_ids is None:
+            raise ValueError(
+                "`qformer_input_ids` are required while `qformer_text_conditioning` is on: pass the processor's "
+                "`qformer_input_ids` and `qformer_attention_mask` (the prompt text each image's Q-Former reads)."
+            )
+        embeddings = self.get_input_embeddings()(qformer_input_ids)
+        if qformer_attention_mask is None:
+            return embeddings, torch.ones(qformer_input_ids.shape, dtype=torch.bool, device=embeddings.device)
+        return embeddings, qformer_attention_mask.to(embeddings.device).bool()
+
+    def qformer_inputs_from_prompt(
         self,
-        inputs_embeds: torch.Tensor,
+        input_ids: torch.LongTensor | None,
         placeholder_mask: torch.Tensor,
         attention_mask: torch.Tensor | None,
         labels: torch.LongTensor | None,
         image_samples: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The prompt text each image's Q-Former sees: its sample's non-image tokens, minus padding and labels.
+    ) -> tuple[torch.LongTensor, torch.Tensor]:
+        """`qformer_input_ids` and mask derived from the prompt: its sample's non-image tokens, minus padding and labels.
 
+        The processor computes the same ids; this serves callers without them (training batches, hand-built ids).
         Deliberate fixes over the original, which showed padding and the training target to the projector.
         """
+        if input_ids is None:
+            raise ValueError(
+                "With `inputs_embeds` and text conditioning on, pass the processor's `qformer_input_ids` and "
+                "`qformer_attention_mask`: the Q-Former's text cannot be recovered from embeddings."
+            )
         text_mask = ~placeholder_mask
         if attention_mask is not None and attention_mask.dim() == 2:
             text_mask &= attention_mask.bool()
@@ -469,11 +507,11 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
         lengths = text_mask.sum(-1)
         packed_length = max(int(lengths.max()), 1)
         slots = text_mask.cumsum(-1) - 1
-        packed = inputs_embeds.new_zeros(inputs_embeds.shape[0], packed_length, inputs_embeds.shape[-1])
-        sample_index = torch.arange(inputs_embeds.shape[0], device=inputs_embeds.device)[:, None].expand_as(text_mask)
-        packed[sample_index[text_mask], slots[text_mask]] = inputs_embeds[text_mask]
+        packed = input_ids.new_zeros(input_ids.shape[0], packed_length)
+        sample_index = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(text_mask)
+        packed[sample_index[text_mask], slots[text_mask]] = input_ids[text_mask]
         packed_mask = torch.arange(packed_length, device=lengths.device)[None, :] < lengths[:, None]
-        image_samples = image_samples.to(inputs_embeds.device)
+        image_samples = image_samples.to(input_ids.device)
         return packed[image_samples], packed_mask[image_samples]
 
     def encode_images(
@@ -485,19 +523,24 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor | None,
         labels: torch.LongTensor | None,
+        qformer_input_ids: torch.LongTensor | None,
+        qformer_attention_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Visual tokens of all images, in placeholder order, and the placeholder mask they fill."""
         placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
         grids = self.image_grid_shapes(image_sizes, image_grids)
         tokens_per_image = [num_image_tokens(grid, self.visual_tokens_per_tile) for grid in grids]
         image_samples = self.image_sample_indices(placeholder_mask, tokens_per_image)
-        text_context = {}
-        if self.config.qformer_text_conditioning and self.config.projector_type == "qformer":
-            context, context_mask = self.text_context_per_image(
-                inputs_embeds, placeholder_mask, attention_mask, labels, image_samples
+        if self.conditions_on_text and qformer_input_ids is None:
+            qformer_input_ids, qformer_attention_mask = self.qformer_inputs_from_prompt(
+                input_ids, placeholder_mask, attention_mask, labels, image_samples
             )
-            text_context = {"text_context": context, "text_context_mask": context_mask}
-        image_outputs = self.get_image_features(pixel_values, image_grids=torch.tensor(grids), **text_context)
+        image_outputs = self.get_image_features(
+            pixel_values,
+            image_grids=torch.tensor(grids),
+            qformer_input_ids=qformer_input_ids,
+            qformer_attention_mask=qformer_attention_mask,
+        )
         image_features = torch.cat(image_outputs.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
         return image_features, placeholder_mask
 
@@ -533,6 +576,8 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.LongTensor | None = None,
         image_grids: torch.LongTensor | None = None,
+        qformer_input_ids: torch.LongTensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
@@ -549,11 +594,21 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
                 `(height, width)` of each original image.
             image_grids (`torch.LongTensor` of shape `(num_images, 2)`, *optional*):
                 `(rows, cols)` of each image's tile grid; wins over `image_sizes` when both are given.
+            qformer_input_ids (`torch.LongTensor` of shape `(num_images, text_length)`, *optional*):
+                The prompt text each image's Q-Former reads, as the processor returns it. Derived from `input_ids`
+                when not given (the same ids); never together with `labels`.
+            qformer_attention_mask (`torch.Tensor` of shape `(num_images, text_length)`, *optional*):
+                0 marks padding in `qformer_input_ids`.
             labels (`torch.LongTensor`, *optional*):
                 Only used to hide labelled (answer) tokens from the Q-Former's text conditioning.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if labels is not None and qformer_input_ids is not None:
+            raise ValueError(
+                "`qformer_input_ids` cannot be combined with `labels`: the Q-Former must not read the labelled answer. "
+                "Leave `qformer_input_ids` out when training; they are then derived from `input_ids` without labels."
+            )
         has_images = pixel_values is not None and pixel_values.shape[0] > 0
         if past_key_values is None or past_key_values.get_seq_length() == 0:
             self.check_prompt(input_ids, inputs_embeds, has_images)
@@ -563,7 +618,15 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
         image_features = None
         if has_images:
             image_features, placeholder_mask = self.encode_images(
-                pixel_values, image_sizes, image_grids, input_ids, inputs_embeds, attention_mask, labels
+                pixel_values,
+                image_sizes,
+                image_grids,
+                input_ids,
+                inputs_embeds,
+                attention_mask,
+                labels,
+                qformer_input_ids,
+                qformer_attention_mask,
             )
             inputs_embeds = inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_features)
 
@@ -616,6 +679,8 @@ class VisionZephyrForConditionalGeneration(VisionZephyrPreTrainedModel, Generati
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.LongTensor | None = None,
         image_grids: torch.LongTensor | None = None,
+        qformer_input_ids: torch.LongTensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
@@ -640,6 +705,8 @@ class VisionZephyrForConditionalGeneration(VisionZephyrPreTrainedModel, Generati
             pixel_values=pixel_values,
             image_sizes=image_sizes,
             image_grids=image_grids,
+            qformer_input_ids=qformer_input_ids,
+            qformer_attention_mask=qformer_attention_mask,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
@@ -649,7 +716,7 @@ class VisionZephyrForConditionalGeneration(VisionZephyrPreTrainedModel, Generati
             return_dict=True,
             **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        hidden_states = keep_logits(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:

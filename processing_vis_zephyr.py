@@ -1,22 +1,25 @@
 """Processor of Vision-Zephyr: Zephyr tokenizer + anyres image processor + visual prompts + `<image>` expansion.
 
 Each `<image>` in the text becomes `num_image_tokens(grid, num_query_tokens)` copies of `<image>` (id 32000), the
-positions where the model scatters that image's visual tokens. Everything else (batching, typed kwargs, the
-`<image>`/image count check, the truncation check, chat templates) is `ProcessorMixin`'s.
+positions where the model scatters that image's visual tokens. With images, the processor also returns, per image, the
+prompt text its Q-Former reads (`qformer_input_ids`, `qformer_attention_mask`): the model and serving engines take the
+Q-Former's text from there. Everything else (batching, typed kwargs, the `<image>`/image count check, the truncation
+check, chat templates) is `ProcessorMixin`'s.
 """
 
 from collections.abc import Mapping, Sequence
 
 from PIL import Image
-from transformers.processing_utils import MultiModalData, ProcessorMixin
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
 
 from .image_processing_anyres import (
+    VisionZephyrImageProcessorKwargs,
     allowed_pinpoints,
     anyres_grid_shape,
     check_visual_prompts_layout,
     flatten_images,
     num_image_tokens,
-    num_tiles_from_grid,
     to_rgb_image,
 )
 from .visual_prompts import draw_visual_prompts
@@ -27,6 +30,24 @@ IMAGE_SOURCE_KEYS = ("image", "url", "path", "base64")
 # What the chat template renders: anything else would be dropped from the prompt silently.
 CHAT_ROLES = ("system", "user", "assistant")
 CONTENT_BLOCK_TYPES = ("text", "image")
+
+
+class VisionZephyrTextKwargs(TextKwargs, total=False):
+    r"""
+    qformer_text (`str` or `list[str]`, *optional*):
+        The prompt (one per sample, as `text`) whose non-image tokens each image's Q-Former reads; defaults to `text`.
+        Serving engines call the processor with placeholder text only, so a vLLM request passes its prompt here:
+        `mm_processor_kwargs={"qformer_text": prompt}`. Being a processor kwarg, it also keys vLLM's caches.
+    """
+
+    qformer_text: str | list[str] | None
+
+
+class VisionZephyrProcessorKwargs(ProcessingKwargs, total=False):
+    text_kwargs: VisionZephyrTextKwargs
+    images_kwargs: VisionZephyrImageProcessorKwargs
+
+    _defaults = {}  # transformers 5.19 reads it from every kwargs class (see configuration_vis_zephyr.py)
 
 
 class VisionZephyrProcessor(ProcessorMixin):
@@ -50,6 +71,8 @@ class VisionZephyrProcessor(ProcessorMixin):
     blocks in `apply_chat_template`. They change `pixel_values` only, never the token ids.
     """
 
+    valid_processor_kwargs = VisionZephyrProcessorKwargs
+
     def __init__(
         self,
         image_processor=None,
@@ -68,6 +91,76 @@ class VisionZephyrProcessor(ProcessorMixin):
             raise ValueError(f"image_token: {image_token!r} is not a token of the tokenizer")
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
+    def __call__(
+        self, images=None, text=None, videos=None, audio=None, **kwargs: Unpack[VisionZephyrProcessorKwargs]
+    ) -> BatchFeature:
+        """`ProcessorMixin.__call__`, plus the Q-Former's text per image when there are images and text.
+
+        Returns:
+            [`BatchFeature`] with `input_ids`, `attention_mask`, `pixel_values`, `image_sizes`, `image_grids` and,
+            with images, `qformer_input_ids` / `qformer_attention_mask` of shape `(num_images, text_length)`: the
+            non-image, non-padding tokens of the image's sample (or of its `qformer_text`), right-padded.
+        """
+        qformer_text = kwargs.pop("qformer_text", None)
+        if qformer_text is None:
+            qformer_text = kwargs.get("text_kwargs", {}).pop("qformer_text", None)
+        check_text(text)
+        check_text(qformer_text)
+        samples = [text] if isinstance(text, str) else text
+        if samples and "add_special_tokens" not in kwargs:
+            kwargs["add_special_tokens"] = self.adds_bos(samples, "text")
+        inputs = super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        if images is None or text is None:
+            return inputs
+        images_per_sample = [sample.count(self.image_token) for sample in samples]
+        if qformer_text is None:
+            texts_ids = self.qformer_ids_of_batch(inputs["input_ids"], inputs.get("attention_mask"))
+        else:
+            texts_ids = self.qformer_ids_of_text(qformer_text, len(samples))
+        rows = [ids for ids, count in zip(texts_ids, images_per_sample, strict=True) for _ in range(count)]
+        return BatchFeature(
+            {**inputs, **self.pad_qformer_rows(rows)},
+            tensor_type=kwargs.get("return_tensors", kwargs.get("text_kwargs", {}).get("return_tensors")),
+            skip_tensor_conversion=self.skip_tensor_conversion,
+        )
+
+    def adds_bos(self, samples: list[str], name: str) -> bool:
+        """Whether tokenizing `samples` adds BOS: not when they already start with it (the chat template writes it)."""
+        starts_with_bos = [sample.startswith(self.tokenizer.bos_token) for sample in samples]
+        if any(starts_with_bos) and not all(starts_with_bos):
+            raise ValueError(
+                f"{name}: either every sample starts with {self.tokenizer.bos_token!r} (as the chat template writes "
+                "them) or none does; got a batch that mixes both."
+            )
+        return not any(starts_with_bos)
+
+    def qformer_ids_of_batch(self, input_ids, attention_mask) -> list[list[int]]:
+        """Each sample's non-image, non-padding ids: what the Q-Former of its images reads."""
+        input_ids = input_ids.tolist() if hasattr(input_ids, "tolist") else input_ids
+        if attention_mask is None:
+            attention_mask = [[1] * len(ids) for ids in input_ids]
+        attention_mask = attention_mask.tolist() if hasattr(attention_mask, "tolist") else attention_mask
+        return [
+            [token for token, keep in zip(ids, mask, strict=True) if keep and token != self.image_token_id]
+            for ids, mask in zip(input_ids, attention_mask, strict=True)
+        ]
+
+    def qformer_ids_of_text(self, qformer_text: str | list[str], num_samples: int) -> list[list[int]]:
+        """`qformer_ids_of_batch` for prompts given as `qformer_text`, tokenized as `text` is."""
+        samples = [qformer_text] if isinstance(qformer_text, str) else qformer_text
+        if len(samples) != num_samples:
+            raise ValueError(f"qformer_text: expected one prompt per text sample ({num_samples}), got {len(samples)}")
+        ids = self.tokenizer(samples, add_special_tokens=self.adds_bos(samples, "qformer_text"))["input_ids"]
+        return self.qformer_ids_of_batch(ids, None)
+
+    def pad_qformer_rows(self, rows: list[list[int]]) -> dict[str, list[list[int]]]:
+        """Right-pads the per-image id rows; the mask marks the padding with 0."""
+        length = max((len(row) for row in rows), default=0)
+        return {
+            "qformer_input_ids": [row + [self.tokenizer.pad_token_id] * (length - len(row)) for row in rows],
+            "qformer_attention_mask": [[1] * len(row) + [0] * (length - len(row)) for row in rows],
+        }
+
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         check_text(text)
         check_visual_prompts_layout(
@@ -80,11 +173,26 @@ class VisionZephyrProcessor(ProcessorMixin):
                 "input_data_format"
             )
             images = [to_rgb_image(image, input_data_format) for image in flatten_images(images)]
+        check_image_count(text, images, self.image_token)
         return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     def apply_chat_template(self, conversation, *args, **kwargs):
-        """`ProcessorMixin.apply_chat_template` after checking the conversation (see `check_conversation`)."""
+        """`ProcessorMixin.apply_chat_template` after checking the conversation (see `check_conversation`).
+
+        The `visual_prompts` of image blocks go to the processor call, in the order the images are collected. Images
+        passed as `processor_kwargs={"images": [...]}` for image blocks without a source are put into those blocks
+        (transformers 5.19 would otherwise pass `images` twice).
+        """
         check_conversation(conversation)
+        images = (kwargs.get("processor_kwargs") or {}).get("images")
+        if kwargs.get("tokenize") and images is not None and sourceless_image_blocks(conversation):
+            conversation = with_images_in_blocks(conversation, flatten_images(images))
+            kwargs["processor_kwargs"] = {
+                key: value for key, value in kwargs["processor_kwargs"].items() if key != "images"
+            }
+        visual_prompts = visual_prompts_of_chats(conversation)
+        if kwargs.get("tokenize") and any(prompts is not None for prompts in visual_prompts):
+            kwargs["processor_kwargs"] = {**(kwargs.get("processor_kwargs") or {}), "visual_prompts": visual_prompts}
         return super().apply_chat_template(conversation, *args, **kwargs)
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
@@ -106,33 +214,17 @@ class VisionZephyrProcessor(ProcessorMixin):
         """
         return draw_visual_prompts(image, prompts)
 
-    def _multimodal_inputs_from_conversations(self, conversations, *args, **kwargs):
-        """Also collects the `visual_prompts` of image blocks, in the order their images are collected."""
-        images, videos, audio, additional_inputs = super()._multimodal_inputs_from_conversations(
-            conversations, *args, **kwargs
-        )
-        visual_prompts = [
-            block.get("visual_prompts")
-            for conversation in conversations
-            for message in conversation
-            if not isinstance(message.get("content"), str)
-            for block in message.get("content") or []
-            if block["type"] == "image"
-            for key in IMAGE_SOURCE_KEYS
-            if key in block
-        ]
-        if any(prompts is not None for prompts in visual_prompts):
-            additional_inputs = {**additional_inputs, "visual_prompts": visual_prompts}
-        return images, videos, audio, additional_inputs
-
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
-        """Visual tokens and tiles per image for images of `image_sizes = [(height, width), ...]` (used by vLLM).
+        """Visual tokens per image for images of `image_sizes = [(height, width), ...]` (used by vLLM).
 
         Honours `max_tiles`, `image_grid_pinpoints` and `tile_size` passed as image kwargs, like a processor call.
+        No `num_image_patches`: with it, vLLM would treat `pixel_values` as flat tiles and concatenate the tiles of
+        different images; without it, each image keeps its own `pixel_values` row (tiles zero-padded).
         """
         if image_sizes is None:
             return MultiModalData()
-        images_kwargs = self._merge_kwargs(**kwargs)["images_kwargs"]
+        # transformers 5.19 takes the kwargs class positionally (later releases default to it): pass it everywhere.
+        images_kwargs = self._merge_kwargs(self.valid_processor_kwargs, **kwargs)["images_kwargs"]
         tile_size = images_kwargs.get("tile_size") or self.image_processor.tile_size
         pinpoints = allowed_pinpoints(
             images_kwargs.get("image_grid_pinpoints") or self.image_processor.image_grid_pinpoints,
@@ -140,10 +232,7 @@ class VisionZephyrProcessor(ProcessorMixin):
             images_kwargs.get("max_tiles", self.image_processor.max_tiles),
         )
         grids = [anyres_grid_shape(tuple(size), pinpoints, tile_size) for size in image_sizes]
-        return MultiModalData(
-            num_image_tokens=[num_image_tokens(grid, self.num_query_tokens) for grid in grids],
-            num_image_patches=[num_tiles_from_grid(grid) for grid in grids],
-        )
+        return MultiModalData(num_image_tokens=[num_image_tokens(grid, self.num_query_tokens) for grid in grids])
 
 
 def check_text(text) -> None:
@@ -154,6 +243,69 @@ def check_text(text) -> None:
         raise TypeError(f"text: expected a str or a list of str, got {text!r:.80}")
     if not text:
         raise ValueError("text: got an empty list, expected a str or a non-empty list of str")
+
+
+def check_image_count(text, images: list | None, image_token: str) -> None:
+    """Rejects text whose `<image>` markers and the images passed differ in number (transformers 5.19 lets it pass)."""
+    if text is None:
+        return
+    num_markers = sum(sample.count(image_token) for sample in ([text] if isinstance(text, str) else text))
+    if images is None and num_markers:
+        raise ValueError(f"text: found {num_markers} {image_token} tokens in the text but no images were passed.")
+    if images is not None and num_markers != len(images):
+        raise ValueError(
+            f"text: the total number of {image_token} tokens in the prompts should be the same as the number of images "
+            f"passed. Found total {num_markers} {image_token} tokens and {len(images)} images."
+        )
+
+
+def image_blocks(conversation) -> list[Mapping]:
+    chats = conversation if isinstance(conversation[0], (list, tuple)) else [conversation]
+    return [
+        block
+        for chat in chats
+        for message in chat
+        if not isinstance(message.get("content"), str)
+        for block in message.get("content") or []
+        if block["type"] == "image"
+    ]
+
+
+def sourceless_image_blocks(conversation) -> bool:
+    """Whether every image block only marks a place (the images come through `processor_kwargs`)."""
+    blocks = image_blocks(conversation)
+    return bool(blocks) and not any(key in block for block in blocks for key in IMAGE_SOURCE_KEYS)
+
+
+def with_images_in_blocks(conversation, images: list):
+    """A copy of the conversation whose sourceless image blocks hold `images`, in order."""
+    if len(images) != len(image_blocks(conversation)):
+        raise ValueError(
+            f"processor_kwargs['images']: got {len(images)} images for {len(image_blocks(conversation))} image blocks"
+        )
+    remaining = iter(images)
+
+    def filled(message):
+        if isinstance(message.get("content"), str):
+            return message
+        content = [
+            {**block, "image": next(remaining)} if block["type"] == "image" else block for block in message["content"]
+        ]
+        return {**message, "content": content}
+
+    if isinstance(conversation[0], (list, tuple)):
+        return [[filled(message) for message in chat] for chat in conversation]
+    return [filled(message) for message in conversation]
+
+
+def visual_prompts_of_chats(conversation) -> list:
+    """The `visual_prompts` of every image block of a chat (or a batch of chats), `None` where a block has none."""
+    return [
+        block.get("visual_prompts")
+        for block in image_blocks(conversation)
+        for key in IMAGE_SOURCE_KEYS
+        if key in block
+    ]
 
 
 def check_conversation(conversation) -> None:

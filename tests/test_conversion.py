@@ -293,6 +293,8 @@ def test_config_built_for_the_7b_sources_is_the_repositorys_config_json(tmp_path
     config.save_pretrained(tmp_path / "converted")
     built = json.loads((tmp_path / "converted" / "config.json").read_text())
     shipped = json.loads((REPO_ROOT / "config.json").read_text())
+    # Only the stamp of the transformers release that wrote the file may differ (the tests run under 5.19 too).
+    built["transformers_version"] = shipped["transformers_version"]
     assert built == shipped, "the converter must write the repository's full-model config.json"
 
 

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from conftest import REPO_ROOT, load_script
+from PIL import Image
 
 from vision_zephyr_tools.demo_model import demo_task, train_demo
 from vision_zephyr_tools.demo_model.demo_task import (

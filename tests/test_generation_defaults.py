@@ -50,7 +50,9 @@ def new_tokens(output: torch.Tensor, inputs: dict[str, torch.Tensor]) -> list[in
 
 def test_checkpoint_ships_greedy_decoding_that_stops_on_eos(tiny_checkpoint, processor):
     shipped = json.loads((REPO_ROOT / "generation_config.json").read_text())
-    assert json.loads((Path(tiny_checkpoint) / "generation_config.json").read_text()) == shipped
+    written = json.loads((Path(tiny_checkpoint) / "generation_config.json").read_text())
+    # Only the stamp of the transformers release that wrote the file may differ (the tests run under 5.19 too).
+    assert {**written, "transformers_version": None} == {**shipped, "transformers_version": None}
     assert shipped["do_sample"] is False
     assert shipped["eos_token_id"] == processor.tokenizer.eos_token_id == EOS_TOKEN_ID
     assert shipped["pad_token_id"] == processor.tokenizer.pad_token_id

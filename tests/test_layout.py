@@ -33,4 +33,13 @@ def test_no_code_edits_the_import_path():
 def test_python_outside_the_package_is_only_the_hub_files_and_the_known_folders():
     # New tools belong in vision_zephyr_tools/ (a command in cli.py), not in a new folder of scripts.
     folders = {path.relative_to(REPO_ROOT).parts[0] for path in repository_python_files() if path.parent != REPO_ROOT}
-    assert folders <= {"vision_zephyr_tools", "tests", "benchmarks", "research", "space", "demo", ".ci"}, sorted(folders)
+    assert folders <= {
+        "vision_zephyr_tools",
+        "tests",
+        "benchmarks",
+        "research",
+        "space",
+        "demo",
+        ".ci",
+        "serving_tests",
+    }, sorted(folders)

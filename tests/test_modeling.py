@@ -200,7 +200,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_checkpoint):
     for checkpointing in (False, True):
         model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, trust_remote_code=True).train()
         if checkpointing:
-            model.activation_checkpointing_enable()
+            # `activation_checkpointing_enable` is 5.23's name; 5.19 (the floor, also tested) only has the old one.
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
         model(**labelled_batch([400, 500, 2])).loss.backward()
         gradients.append(model.model.multi_modal_projector.query_tokens.grad)
     torch.testing.assert_close(gradients[0], gradients[1])
@@ -309,3 +311,10 @@ def test_full_config_defaults_are_the_original_7b_model(repo_class):
     assert config.qformer_intermediate_size == 8192
     assert config.text_config.vocab_size == 32001 and config.image_token_id == 32000
     assert config.tie_word_embeddings is False
+
+
+def test_qformer_inputs_are_refused_next_to_labels(tiny_model):
+    """The processor's Q-Former text holds the whole chat, answers included; with labels the model derives it."""
+    batch = single_image_batch()
+    with pytest.raises(ValueError, match="cannot be combined with `labels`"):
+        tiny_model(**batch, labels=batch["input_ids"], qformer_input_ids=torch.tensor([[1, 2]]))

@@ -6,6 +6,7 @@ arrive, untouched, at every attention call.
 """
 
 import inspect
+import re
 
 import pytest
 import torch
@@ -79,26 +80,61 @@ def test_extra_kwargs_reach_every_language_model_attention_call(recording_model)
 def test_extra_kwargs_reach_every_vision_tower_attention_call_through_get_image_features(recording_model):
     attention_calls.clear()
     with torch.no_grad():
-        recording_model.get_image_features(**image_inputs([(1, 2)]), engine_state="image")
+        recording_model.get_image_features(
+            **image_inputs([(1, 2)]), qformer_input_ids=torch.tensor([[1, 400, 500]]), engine_state="image"
+        )
     layers = recording_model.config.vision_config.num_hidden_layers
     assert calls_with_marker("image") == ["CLIPAttention"] * layers
 
 
-def test_engine_style_call_with_merged_inputs_embeds_equals_the_pixel_call(tiny_checkpoint):
-    """Engines embed the text, scatter `get_image_features` into the placeholders and call the LM with embeddings.
+def engine_style_logits(model, input_ids: torch.Tensor, images: dict, **image_kwargs) -> torch.Tensor:
+    """What vLLM's Transformers backend does: features from `get_image_features` (called as it calls it, one image
+    at a time, `return_dict=True`), scattered into the embedded placeholders, then the model on embeddings."""
+    features = [
+        model.model.get_image_features(
+            images["pixel_values"][index : index + 1],
+            return_dict=True,
+            image_grids=images["image_grids"][index : index + 1],
+            **{key: value[index : index + 1] for key, value in image_kwargs.items()},
+        ).pooler_output[0]
+        for index in range(len(images["pixel_values"]))
+    ]
+    embeddings = model.get_input_embeddings()(input_ids)
+    placeholders = model.model.get_placeholder_mask(input_ids, embeddings).unsqueeze(-1)
+    return model(inputs_embeds=embeddings.masked_scatter(placeholders, torch.cat(features))).logits
 
-    That equals the model's own path only without text conditioning (the Q-Former would need the prompt text,
-    which `get_image_features` is not given by engines): see docs/ecosystem.md.
-    """
-    model = AutoModelForImageTextToText.from_pretrained(
-        tiny_checkpoint, trust_remote_code=True, qformer_text_conditioning=False
-    ).eval()
-    images = image_inputs([(1, 2)])
-    input_ids = torch.tensor([prompt_ids(6, 96)])
+
+def test_engine_style_call_with_qformer_inputs_equals_the_pixel_call_with_text_conditioning(tiny_model):
+    """The Q-Former's text reaches `get_image_features` as `qformer_input_ids`, so an engine computes the features
+    `forward` computes, text conditioning (the default) included."""
+    assert tiny_model.config.qformer_text_conditioning
+    images = image_inputs([(1, 2), (2, 1)])
+    input_ids = torch.tensor([prompt_ids(6, 96) + prompt_ids(4, 96, seed=1)[1:]])
+    qformer_ids = input_ids[input_ids != 32000][None].expand(2, -1)
     with torch.no_grad():
-        features = torch.cat(model.get_image_features(**images).pooler_output)
-        embeddings = model.get_input_embeddings()(input_ids)
-        placeholders = model.model.get_placeholder_mask(input_ids, embeddings).unsqueeze(-1)
-        engine_logits = model(inputs_embeds=embeddings.masked_scatter(placeholders, features)).logits
-        expected = model(input_ids=input_ids, **images).logits
+        engine_logits = engine_style_logits(tiny_model, input_ids, images, qformer_input_ids=qformer_ids)
+        expected = tiny_model(input_ids=input_ids, **images).logits
+        other_text = engine_style_logits(tiny_model, input_ids, images, qformer_input_ids=qformer_ids[:, :5])
     torch.testing.assert_close(engine_logits, expected)
+    assert not torch.allclose(other_text, expected), "the Q-Former's text did not change the features"
+
+
+def test_get_image_features_without_qformer_inputs_is_refused_while_text_conditioning_is_on(tiny_model):
+    with pytest.raises(ValueError, match="`qformer_input_ids` are required"):
+        tiny_model.model.get_image_features(**image_inputs([(1, 2)]))
+
+
+def test_get_image_features_honours_return_dict_false(tiny_model):
+    with torch.no_grad():
+        output = tiny_model.model.get_image_features(
+            **image_inputs([(1, 2)]), qformer_input_ids=torch.tensor([[1, 5]]), return_dict=False
+        )
+    assert isinstance(output, tuple)
+
+
+def test_no_load_rule_drops_the_lm_head(tiny_model):
+    """vLLM turns every class's `_keys_to_ignore_on_load_unexpected` into rules that drop matching checkpoint weights
+    (its LM head stayed uninitialised: every answer was token 0)."""
+    for module in tiny_model.modules():
+        patterns = getattr(module, "_keys_to_ignore_on_load_unexpected", None) or []
+        assert not [pattern for pattern in patterns if re.search(pattern, "lm_head.weight")], type(module).__name__

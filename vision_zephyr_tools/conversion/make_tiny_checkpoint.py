@@ -34,8 +34,9 @@ TINY_TEXT_CONFIG = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+    # Head dim 32: the smallest vLLM's CPU attention supports (32, 64, 80, ...), so the checkpoint can be served.
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
     "vocab_size": 32001,
     "max_position_embeddings": 4096,
     "sliding_window": 4096,

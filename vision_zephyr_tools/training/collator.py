@@ -48,6 +48,9 @@ class ChatCollator:
             processor_kwargs=self.processor_kwargs(),
         )
         assistant_mask = batch.pop("assistant_masks").bool()
+        # The processor's Q-Former text holds the answers; the model derives it from the labels instead (hiding them).
+        batch.pop("qformer_input_ids", None)
+        batch.pop("qformer_attention_mask", None)
         batch["labels"] = batch["input_ids"].masked_fill(~assistant_mask, IGNORE_INDEX)
         return dict(batch)
 
