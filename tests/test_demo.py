@@ -245,7 +245,7 @@ def test_train_demo_rejects_out_of_range_recipe_flags(monkeypatch, capsys, flags
 
 
 def test_the_documented_demo_task_command_makes_the_readme_example():
-    seed = int(re.search(r"demo_task\.py --seed (\d+) --save examples/demo\.png", demo_task.__doc__).group(1))
+    seed = int(re.search(r"demo-task --seed (\d+) --save examples/demo\.png", demo_task.__doc__).group(1))
     case = demo_task.make_cases(1, seed)[0]
     assert np.array_equal(np.asarray(case.image), np.asarray(Image.open(REPO_ROOT / "examples" / "demo.png"))), (
         f"demo_task.py's docstring says seed {seed} makes examples/demo.png, but it does not"
