@@ -102,7 +102,7 @@ class VariantBatches(torch.utils.data.Dataset):
         recipe = self.recipe
         if "data" not in recipe:
             batch, _ = train_demo.training_batch(
-                self.collator, 0, step, 16, recipe.get("curriculum", 400), recipe.get("floor", 0.3), 1200
+                self.collator, 0, step, 16, recipe.get("curriculum", 400), recipe.get("floor", 0.3), 1200, "legacy"
             )
             return batch
         rng = random.Random(f"0-{step}")
@@ -114,14 +114,17 @@ class VariantBatches(torch.utils.data.Dataset):
         for _ in range(16):
             single = shape_only or rng.random() < single_share
             if single:
-                case = make_case(rng, train_demo.SINGLE_SHAPE, single_sizes)
+                case = make_case(rng, train_demo.SINGLE_SHAPE, single_sizes, task="legacy")
             else:
-                case = make_case(rng, demo_task.SHAPES_PER_IMAGE, TASK_SIZES)
+                case = make_case(rng, demo_task.SHAPES_PER_IMAGE, TASK_SIZES, task="legacy")
             if shape_only:
-                case = dataclasses.replace(case, question_kind="shape")
+                case = dataclasses.replace(
+                    case, question_kind="shape", question=demo_task.QUESTIONS["shape"], answer=case.target.kind
+                )
             prompt = train_demo.salient_prompt(case.visual_prompt, case.image.size, salience)
             both = not shape_only and rng.random() < train_demo.TWO_QUESTION_SHARE
-            examples.append({"messages": train_demo.training_chat(case, prompt, both_questions=both)})
+            follow_ups = [demo_task.other_question(rng, case)] if both else []
+            examples.append({"messages": train_demo.training_chat(case, prompt, follow_ups)})
         return self.collator(examples)
 
 
@@ -174,8 +177,8 @@ def run_variant(name: str, args: argparse.Namespace) -> None:
     model = build_model(recipe).to(device).train()
     processor = train_demo.demo_processor()
     rng = random.Random(10_000)
-    task_cases = [make_case(rng) for _ in range(192)]
-    single_cases = [make_case(rng, train_demo.SINGLE_SHAPE) for _ in range(96)]
+    task_cases = [make_case(rng, task="legacy") for _ in range(192)]
+    single_cases = [make_case(rng, train_demo.SINGLE_SHAPE, task="legacy") for _ in range(96)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.get("lr", 2e-3), weight_decay=0.01, betas=(0.9, 0.98))
     scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.get("warmup", 100), args.steps)
     loader = torch.utils.data.DataLoader(

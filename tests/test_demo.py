@@ -17,12 +17,16 @@ from PIL import Image
 
 from vision_zephyr_tools.demo_model import demo_task, train_demo
 from vision_zephyr_tools.demo_model.demo_task import (
+    LEGACY_PROMPT_TYPES,
     PROMPT_TYPES,
     QUESTIONS,
     SHAPE_COLORS,
     SHAPE_KINDS,
+    TASKS,
     make_case,
     make_cases,
+    question_for,
+    visual_prompts,
 )
 from vision_zephyr_tools.demo_model.eval_demo import accuracy_table, generate_answers, load_demo
 
@@ -33,11 +37,19 @@ demo_recipe_sweep = load_script(REPO_ROOT / "research" / "demo_recipe_sweep.py")
 DEMO_DIR = REPO_ROOT / "demo"
 TEST_SEED = 777  # never used in training (training batches use string seeds)
 TEST_CASES = 60
+# Prompt colours that pass for a shape colour (gold is the yellow shapes' own colour): scenes marked in them hold no
+# such shape.
+CLASHING_SHAPE_COLORS = {"gold": "yellow", "yellow": "yellow", "orange": "yellow", "blue": "blue", "lime": "green"}
+
+
+@pytest.fixture(scope="module", params=TASKS)
+def generated_cases(request):
+    return make_cases(300, seed=1, task=request.param)
 
 
 @pytest.fixture(scope="module")
-def generated_cases():
-    return make_cases(300, seed=1)
+def broad_cases():
+    return make_cases(400, seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +60,21 @@ def demo():
 
 @pytest.fixture(scope="module")
 def fresh_cases():
-    return make_cases(TEST_CASES, seed=TEST_SEED)
+    return make_cases(TEST_CASES, seed=TEST_SEED, task="legacy")
 
 
-def test_same_seed_gives_same_cases():
-    first, second = make_case(random.Random(5)), make_case(random.Random(5))
-    assert first.visual_prompt == second.visual_prompt and first.question == second.question
-    assert first.image.tobytes() == second.image.tobytes(), "the same seed must render the same pixels"
+@pytest.mark.parametrize("task", TASKS)
+def test_same_seed_gives_same_cases(task):
+    first, second = (make_case(random.Random(5), task=task, held_out_share=0.5) for _ in range(2))
+    assert first.question == second.question and first.answer == second.answer
+    first_drawn = visual_prompts.draw_visual_prompts(first.image, [first.visual_prompt])
+    second_drawn = visual_prompts.draw_visual_prompts(second.image, [second.visual_prompt])
+    assert first_drawn.tobytes() == second_drawn.tobytes(), "the same seed must render the same pixels"
+
+
+def test_unknown_task_is_rejected_by_name():
+    with pytest.raises(ValueError, match="task: expected one of"):
+        make_case(random.Random(0), task="hard")
 
 
 def test_canvas_and_shapes_follow_the_task_rules(generated_cases):
@@ -77,28 +97,126 @@ def test_shapes_do_not_overlap(generated_cases):
                 assert math.dist((first.x, first.y), (second.x, second.y)) > reach, f"{first} overlaps {second}"
 
 
-def test_questions_answers_and_prompt_types_are_the_fixed_ones(generated_cases):
-    assert {case.question for case in generated_cases} == set(QUESTIONS.values())
-    assert {case.prompt_type for case in generated_cases} == set(PROMPT_TYPES)
-    for case in generated_cases:
+def test_legacy_task_has_its_two_questions_and_red_prompts_of_four_types():
+    cases = make_cases(300, seed=1, task="legacy")
+    assert {case.question for case in cases} == set(QUESTIONS.values())
+    assert {case.prompt_type for case in cases} == set(LEGACY_PROMPT_TYPES)
+    assert {case.prompt_color for case in cases} == {"red"}
+    for case in cases:
         expected = case.target.kind if case.question_kind == "shape" else case.target.color
         assert case.answer == expected, f"{case.question!r} about {case.target} answered {case.answer!r}"
+
+
+def test_broad_task_covers_every_prompt_type_colour_and_question_kind(broad_cases):
+    assert {case.prompt_type for case in broad_cases} == set(PROMPT_TYPES) == set(visual_prompts.GEOMETRY_KEYS)
+    assert {case.prompt_color for case in broad_cases} == set(visual_prompts.VISUAL_PROMPT_COLORS)
+    assert {case.question_kind for case in broad_cases} == {"color", "shape", "both"}
+    for case in broad_cases:
+        target = case.target
+        expected = {"color": target.color, "shape": target.kind, "both": f"{target.color} {target.kind}"}
+        assert case.answer == expected[case.question_kind], (case.question, case.answer)
+
+
+def test_broad_prompts_never_share_a_colour_with_a_shape_in_the_scene(broad_cases):
+    for case in broad_cases:
+        clash = CLASHING_SHAPE_COLORS.get(case.prompt_color)
+        assert clash not in {shape.color for shape in case.shapes}, (
+            f"{case.prompt_color} prompt beside a {clash} shape"
+        )
+
+
+def test_questions_name_what_they_ask_for_in_many_wordings(broad_cases):
+    questions = {case.question for case in broad_cases}
+    assert len(questions) > 300, f"only {len(questions)} distinct wordings in {len(broad_cases)} cases"
+    assert any(question.islower() for question in questions) and any(question[0].isupper() for question in questions)
+    assert any(not question.endswith(("?", ".")) for question in questions)
+    for case in broad_cases:
+        question = case.question.lower()
+        if case.question_kind == "color":
+            assert "colour" in question or "color" in question, case.question
+        if case.question_kind == "shape":
+            assert "shape" in question and "colo" not in question, case.question
+
+
+def test_held_out_wordings_are_never_training_wordings():
+    rng = random.Random(3)
+    prompts = [make_case(rng).visual_prompt for _ in range(40)]
+    training, held_out = set(), set()
+    for index in range(4000):
+        kind = ("color", "shape", "both")[index % 3]
+        training.add(question_for(rng, kind, prompts[index % 40], "training").lower().rstrip("?."))
+        held_out.add(question_for(rng, kind, prompts[index % 40], "held-out").lower().rstrip("?."))
+    assert not training & held_out, sorted(training & held_out)[:5]
+    # The held-out frames' own words ("tell me", "does ... have", "is which") never occur in training questions.
+    markers = ("tell me", " does ", " is which ")
+    assert all(any(marker in question for marker in markers) for question in held_out)
+    assert not [question for question in training if any(marker in question for marker in markers)]
+
+
+def _inside_triangle(point, corners) -> bool:
+    signs = []
+    for (x1, y1), (x2, y2) in zip(corners, corners[1:] + corners[:1], strict=True):
+        signs.append((x2 - x1) * (point[1] - y1) - (y2 - y1) * (point[0] - x1) > 0)
+    return all(signs) or not any(signs)
+
+
+def _outline_points(shape) -> list[tuple[float, float]]:
+    """Points on the shape's edge: a circle's rim, a square's or an upright triangle's corners."""
+    left, top, right, bottom = shape.xyxy
+    if shape.kind == "circle":
+        return [
+            (shape.x + shape.size / 2 * math.cos(a), shape.y + shape.size / 2 * math.sin(a))
+            for a in [k * math.pi / 8 for k in range(16)]
+        ]
+    if shape.kind == "square":
+        return [(left, top), (right, top), (left, bottom), (right, bottom)]
+    return [(shape.x, top), (left, bottom), (right, bottom)]
+
+
+def _nearest(shapes, point):
+    return min(shapes, key=lambda shape: math.dist(point, (shape.x, shape.y)))
+
+
+def _marks_only(case, point) -> bool:
+    """A mark's point lies within the target's keep-out disc and on no other shape."""
+    near = math.dist(point, (case.target.x, case.target.y)) < case.target.keep_out_radius
+    return near and not any(shape.contains(*point) for shape in case.shapes if shape is not case.target)
 
 
 def test_each_prompt_marks_its_target_only(generated_cases):
     for case in generated_cases:
         prompt, target = case.visual_prompt, case.target
-        if prompt["type"] in ("box", "ellipse"):
+        others = [shape for shape in case.shapes if shape is not target]
+
+        if prompt["type"] == "box":
             x1, y1, x2, y2 = prompt["xyxy"]
             left, top, right, bottom = target.xyxy
             assert x1 < left and y1 < top and x2 > right and y2 > bottom, f"{prompt} does not surround {target}"
+        elif prompt["type"] == "ellipse":
+            x1, y1, x2, y2 = prompt["xyxy"]
+            cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
+            for x, y in _outline_points(target):
+                assert ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1, f"{prompt} does not surround {target}"
         elif prompt["type"] == "point":
             assert target.contains(*prompt["xy"]), f"point {prompt['xy']} is not on {target}"
-        else:
+        elif prompt["type"] == "arrow":
             tail, head = prompt["xyxy"][:2], prompt["xyxy"][2:]
             assert not target.contains(*head) and not target.contains(*tail), f"arrow {prompt} starts inside"
-            nearest = min(case.shapes, key=lambda shape: math.dist(head, (shape.x, shape.y)))
-            assert nearest is target, f"arrow head {head} is nearer to {nearest} than to {target}"
+            assert _nearest(case.shapes, head) is target, (
+                f"arrow head {head} is nearer to {_nearest(case.shapes, head)} than to {target}"
+            )
+        elif prompt["type"] == "scribble":
+            assert all(_marks_only(case, point) for point in prompt["points"]), f"{prompt} strays from {target}"
+        elif prompt["type"] == "triangle":
+            corners = [tuple(point) for point in prompt["points"]]
+            assert all(_inside_triangle(point, corners) for point in _outline_points(target)), (prompt, target)
+            assert not any(_inside_triangle((shape.x, shape.y), corners) for shape in others), (prompt, others)
+        else:
+            mask = prompt["mask"]
+            assert mask.shape == (case.image.size[1], case.image.size[0])
+            assert mask[round(target.centre[1]), round(target.centre[0])], f"{prompt['type']} misses {target}"
+            ys, xs = np.nonzero(mask)
+            assert all(_marks_only(case, (x, y)) for x, y in zip(xs, ys, strict=True)), f"{prompt['type']} strays"
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +315,12 @@ def test_training_batch_attributes_are_the_marked_shapes_answers():
     assert marked.shape == (8, 2)
     colors = list(SHAPE_COLORS)
     for labels, (kind_index, color_index) in zip(batch["labels"], marked.tolist(), strict=True):
-        answers = processor.tokenizer.decode(labels[labels != train_demo.IGNORE_INDEX], skip_special_tokens=True)
+        # One answer per assistant turn, each ended by `</s>`.
+        answer_ids = labels[labels != train_demo.IGNORE_INDEX].tolist()
+        turns = processor.tokenizer.decode(answer_ids).split(processor.tokenizer.eos_token)
+        words = {word for turn in turns for word in turn.split()}
         shape, color = SHAPE_KINDS[kind_index], colors[color_index]
-        assert answers.replace(" ", "") in {shape, color, shape + color, color + shape}, (answers, shape, color)
+        assert words and words <= {shape, color}, (words, shape, color)
 
 
 def test_prefetched_batches_of_a_resumed_run_are_the_batches_of_those_steps():
@@ -245,8 +366,9 @@ def test_train_demo_rejects_out_of_range_recipe_flags(monkeypatch, capsys, flags
 
 
 def test_the_documented_demo_task_command_makes_the_readme_example():
-    seed = int(re.search(r"demo-task --seed (\d+) --save examples/demo\.png", demo_task.__doc__).group(1))
-    case = demo_task.make_cases(1, seed)[0]
+    match = re.search(r"demo-task --task (\w+) --seed (\d+) --save examples/demo\.png", demo_task.__doc__)
+    task, seed = match.group(1), int(match.group(2))
+    case = demo_task.make_cases(1, seed, task=task)[0]
     assert np.array_equal(np.asarray(case.image), np.asarray(Image.open(REPO_ROOT / "examples" / "demo.png"))), (
         f"demo_task.py's docstring says seed {seed} makes examples/demo.png, but it does not"
     )

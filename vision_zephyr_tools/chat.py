@@ -29,6 +29,13 @@ from vision_zephyr_tools.remote_code import REPO_ROOT
 
 DEFAULT_MODEL = REPO_ROOT / "demo"
 EXIT_WORDS = {"", "exit", "quit"}
+# What the bundled demo model was trained on; kept in step with README.md's line on it.
+DEMO_MODEL_SCOPE = (
+    "The demo model (demo/) knows one synthetic task: 2-4 filled shapes (circle, square, triangle; blue, green,\n"
+    'yellow, black) on white, one marked by a red box, ellipse, point or arrow. It answers "What shape is marked?"\n'
+    'and "What color is the marked shape?" with one of those seven words; other questions, prompt types, prompt\n'
+    "colours and real photos get a guess among the same words."
+)
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROMPT_FLAGS = ("--box", "--ellipse", "--point", "--arrow", "--scribble", "--mask")
 COORDINATE_FLAGS = ("--box", "--ellipse", "--point", "--arrow", "--scribble")
@@ -301,7 +308,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(
+        description=__doc__, epilog=DEMO_MODEL_SCOPE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("question", nargs="?", help="ask once and exit; omit for an interactive chat")
     parser.add_argument("--image", required=True, help="path of the image")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder or Hub repo (default: demo/)")

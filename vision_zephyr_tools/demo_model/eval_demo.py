@@ -1,9 +1,11 @@
 """Evaluate the demo model on fresh cases of the shapes task, through the processor, chat template and `generate()`.
 
-Prints the accuracy overall, per question and per prompt type, then the accuracy on the same cases with the visual
-prompt left out (near chance when the model really reads the prompt):
+Two sets of `--n` fresh cases each (demo_task.py): the broad task (every prompt type and colour, half of the
+questions in held-out wordings) and the legacy task (red prompts, the two questions of checkpoints up to v14). For
+each, the accuracy overall, per question kind, prompt type, prompt colour and wording, beside the accuracy on the same
+cases with the visual prompt left out (near chance when the model really reads the prompt):
 
-    vision-zephyr eval-demo --n 500 --seed 20261122 --model demo
+    vision-zephyr eval-demo --n 1000 --seed 20261122 --model demo
 """
 
 import argparse
@@ -15,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vision_zephyr_tools.demo_model.demo_task import DemoCase, make_case
+from vision_zephyr_tools.demo_model.demo_task import TASKS, DemoCase, make_case
 from vision_zephyr_tools.remote_code import REPO_ROOT
 
 
@@ -23,7 +25,7 @@ MAX_NEW_TOKENS = 4
 
 
 def chat(case: DemoCase, with_prompt: bool = True) -> list[dict]:
-    """The user turn a person would send: the image (with its red prompt) and the question."""
+    """The user turn a person would send: the image (with its visual prompt) and the question."""
     image_block = {"type": "image", "image": case.image}
     if with_prompt:
         image_block["visual_prompts"] = [case.visual_prompt]
@@ -51,13 +53,25 @@ def generate_answers(model, processor, cases: list[DemoCase], with_prompt: bool,
 
 
 def accuracy_table(cases: list[DemoCase], answers: list[str]) -> dict[str, float]:
-    """Accuracy overall, per question kind and per prompt type."""
+    """Accuracy overall, per question kind, prompt type, prompt colour and wording."""
     groups: dict[str, list[bool]] = defaultdict(list)
     for case, answer in zip(cases, answers, strict=True):
         correct = answer == case.answer
-        for group in ("overall", f"question: {case.question_kind}", f"prompt: {case.prompt_type}"):
+        for group in (
+            "overall",
+            f"question: {case.question_kind}",
+            f"prompt: {case.prompt_type}",
+            f"colour: {case.prompt_color}",
+            f"wording: {case.wording}",
+        ):
             groups[group].append(correct)
-    return {group: sum(hits) / len(hits) for group, hits in sorted(groups.items())}
+    return {group: sum(hits) / len(hits) for group, hits in sorted(groups.items(), key=group_order)}
+
+
+def group_order(item: tuple[str, list[bool]]) -> tuple[int, str]:
+    """ "overall" first, then the groups by dimension (colour, prompt, question, wording) and name."""
+    group = item[0]
+    return (0, "") if group == "overall" else (1, group)
 
 
 def evaluate(model, processor, cases: list[DemoCase], batch_size: int = 16) -> dict[str, dict[str, float]]:
@@ -77,7 +91,8 @@ def load_demo(model_dir: Path | str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=500, help="number of fresh cases")
+    parser.add_argument("--n", type=int, default=1000, help="number of fresh cases of each task")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="tasks to evaluate")
     parser.add_argument("--seed", type=int, default=20261122, help="seed of the cases (training never uses an int)")
     parser.add_argument("--model", default=str(REPO_ROOT / "demo"), help="checkpoint folder or Hub id")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -85,12 +100,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, processor = load_demo(args.model)
-    rng = random.Random(args.seed)
-    cases = [make_case(rng) for _ in range(args.n)]
-    results = evaluate(model, processor, cases, args.batch_size)
-    print(f"{args.n} fresh cases, seed {args.seed}, model {args.model}")
-    for group in results["prompted"]:
-        print(f"{group:<20} {results['prompted'][group]:7.1%}   without prompt {results['no prompt'][group]:7.1%}")
+    for task in args.tasks:
+        rng = random.Random(args.seed)
+        cases = [make_case(rng, task=task, held_out_share=0.5) for _ in range(args.n)]
+        results = evaluate(model, processor, cases, args.batch_size)
+        print(f"{task} task: {args.n} fresh cases, seed {args.seed}, model {args.model}")
+        for group in results["prompted"]:
+            prompted, without = results["prompted"][group], results["no prompt"][group]
+            print(f"  {group:<24} {prompted:7.1%}   without prompt {without:7.1%}")
 
 
 if __name__ == "__main__":

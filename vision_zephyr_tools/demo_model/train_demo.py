@@ -1,7 +1,7 @@
 """Train the tiny demo Vision-Zephyr on the shapes task (demo_task.py) on CPU and save it as a checkpoint.
 
 Every batch is generated fresh from a seeded generator and goes through the same code path as users' inputs: the
-processor draws the red visual prompt, tiles the image (anyres) and expands `<image>`; the prompt is the chat template
+processor draws the visual prompt (any type, any named colour), tiles the image (anyres) and expands `<image>`; the prompt is the chat template
 with the question; the loss is the model's own `labels` loss on the answer word and `</s>` only, plus an auxiliary
 loss on the marked shape read from the Q-Former's tokens by a throw-away head. A stage 0 first teaches the vision
 tower shapes and colours on its own (`pretrain_tower`), as the real model starts from a pre-trained CLIP.
@@ -9,9 +9,10 @@ tower shapes and colours on its own (`pretrain_tower`), as the real model starts
     vision-zephyr train-demo --output-dir /tmp/demo-run
     vision-zephyr train-demo --output-dir /tmp/demo-run --export /tmp/demo-export   # resumes, then exports
 
-The defaults are the recipe of the committed `demo/` checkpoint (v14 in BENCHMARKS.md, with its learning curve, the
-earlier recipes and what each one showed). `--edge-filter-channels 0 --tower-steps 0 --auxiliary-weight 0 --steps
-2400` is v7, the recipe without stage 0 and the auxiliary loss.
+The defaults are v14's recipe on the legacy task (red prompts, two questions) with a language model of head dim 32,
+what vLLM's CPU attention supports (v16 in BENCHMARKS.md, with the learning curves, the earlier recipes and what each
+one showed). `--task broad` trains on the broad task instead (v15): every prompt type and colour, questions in many
+wordings.
 
 Checkpoints (model, optimizer, scheduler, step) are written to `OUTPUT_DIR/state.pt` every `--save-every` steps, so
 a run that is cut off resumes where it stopped. `--export DIR` writes the complete checkpoint folder (config with
@@ -32,19 +33,21 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from vision_zephyr_tools.demo_model.demo_task import (
-    QUESTIONS,
     SHAPE_COLORS,
     SHAPE_KINDS,
     SHAPES_PER_IMAGE,
+    TASKS,
     DemoCase,
     make_case,
+    other_question,
 )
 from vision_zephyr_tools.remote_code import AUTO_MAP, REMOTE_CODE_FILES, REPO_ROOT, load_repo_class, load_repo_module
 from vision_zephyr_tools.training.collator import IGNORE_INDEX, ChatCollator
 
 
 visual_prompts = load_repo_module("visual_prompts")
-DEFAULT_ALPHA, default_stroke_size = visual_prompts.DEFAULT_ALPHA, visual_prompts.default_stroke_size
+DEFAULT_ALPHA, SIZE_KEYS = visual_prompts.DEFAULT_ALPHA, visual_prompts.SIZE_KEYS
+default_stroke_size = visual_prompts.default_stroke_size
 
 
 SINGLE_SHAPE = (1, 1)
@@ -79,7 +82,8 @@ TEXT_CONFIG = {
     "hidden_size": 64,
     "intermediate_size": 256,
     "num_hidden_layers": 2,
-    "num_attention_heads": 4,
+    # Head dim 32: vLLM's CPU attention runs head dims 32, 64, 80, ... but not v14's 16 (4 heads of 16).
+    "num_attention_heads": 2,
     "num_key_value_heads": 2,
     "vocab_size": 32001,
     "max_position_embeddings": 1024,
@@ -174,20 +178,17 @@ def conversation(case: DemoCase) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": case.question}]}]
 
 
-def training_chat(case: DemoCase, visual_prompt: dict, both_questions: bool) -> list[dict]:
-    """`case`'s question and answer, optionally followed by the other question about the same marked shape.
+def training_chat(case: DemoCase, visual_prompt: dict, follow_ups: list[tuple[str, str]] = ()) -> list[dict]:
+    """`case`'s question and answer, followed by `follow_ups` (more questions about the same marked shape, with their
+    answers: `demo_task.other_question`).
 
-    Asking both questions of one image doubles the answers learned per pass of the vision tower, which dominates the
+    Asking two questions of one image doubles the answers learned per pass of the vision tower, which dominates the
     cost of a step; single-question chats stay in the mix because that is what users send.
     """
     image = {"type": "image", "image": case.image, "visual_prompts": [visual_prompt]}
-    kinds = [case.question_kind] + (
-        [kind for kind in QUESTIONS if kind != case.question_kind] if both_questions else []
-    )
     chat = []
-    for turn, kind in enumerate(kinds):
-        question = {"type": "text", "text": QUESTIONS[kind]}
-        answer = case.target.kind if kind == "shape" else case.target.color
+    for turn, (text, answer) in enumerate([(case.question, case.answer), *follow_ups]):
+        question = {"type": "text", "text": text}
         chat.append({"role": "user", "content": [image, question] if turn == 0 else [question]})
         chat.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return chat
@@ -228,6 +229,7 @@ def training_batch(
     curriculum_steps: int,
     single_shape_floor: float,
     salience_steps: int,
+    task: str = "broad",
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The batch of `step` and its marked shapes' `(kind, colour)` indices: its own generator, so a resumed run sees
     the same data as an uninterrupted one.
@@ -245,9 +247,11 @@ def training_batch(
     salience = fading_share(step, salience_steps)
     examples, marked = [], []
     for _ in range(batch_size):
-        case = make_case(rng, SINGLE_SHAPE if rng.random() < single_shape_share else SHAPES_PER_IMAGE)
+        scene = SINGLE_SHAPE if rng.random() < single_shape_share else SHAPES_PER_IMAGE
+        case = make_case(rng, scene, task=task)
         prompt = salient_prompt(case.visual_prompt, case.image.size, salience)
-        examples.append({"messages": training_chat(case, prompt, both_questions=rng.random() < TWO_QUESTION_SHARE)})
+        follow_ups = [other_question(rng, case)] if rng.random() < TWO_QUESTION_SHARE else []
+        examples.append({"messages": training_chat(case, prompt, follow_ups)})
         marked.append(attribute_indices(case))
     return collator(examples), torch.tensor(marked)
 
@@ -264,9 +268,10 @@ class TrainingBatches(torch.utils.data.Dataset):
         curriculum_steps: int,
         single_shape_floor: float,
         salience_steps: int,
+        task: str = "broad",
     ):
         self.collator, self.seed, self.steps = collator, seed, steps
-        self.options = (batch_size, curriculum_steps, single_shape_floor, salience_steps)
+        self.options = (batch_size, curriculum_steps, single_shape_floor, salience_steps, task)
 
     def __len__(self) -> int:
         return self.steps
@@ -305,7 +310,10 @@ def salient_prompt(prompt: dict, image_size: tuple[int, int], salience: float) -
     times as thick, points half as large again).
 
     Box and ellipse grow outward by the extra half stroke, so a thick opaque frame never covers the shape it marks.
+    A mask keeps its default style: drawn opaque it would hide the colour of the shape it covers.
     """
+    if SIZE_KEYS[prompt["type"]] is None:
+        return prompt
     salient = {**prompt, "alpha": DEFAULT_ALPHA + (1 - DEFAULT_ALPHA) * salience}
     if prompt["type"] == "point":
         return {**salient, "radius": round(default_stroke_size("radius", image_size) * (1 + 0.5 * salience))}
@@ -318,7 +326,9 @@ def salient_prompt(prompt: dict, image_size: tuple[int, int], salience: float) -
     return {**salient, "width": width}
 
 
-def pretrain_tower(model, processor, output_dir: Path, steps: int, batch_size: int, seed: int) -> None:
+def pretrain_tower(
+    model, processor, output_dir: Path, steps: int, batch_size: int, seed: int, task: str = "broad"
+) -> None:
     """Stage 0: the vision tower learns shape and colour with throw-away heads, before the whole model trains.
 
     The real model starts from a pre-trained CLIP; this one cannot. Trained end to end from scratch, the tower never
@@ -339,7 +349,7 @@ def pretrain_tower(model, processor, output_dir: Path, steps: int, batch_size: i
     optimizer = torch.optim.AdamW(parameters, lr=2e-3, weight_decay=0.01, betas=(0.9, 0.98))
     fuse = sys.modules[type(model).__module__].fuse_vision_layers
     layers = model.config.vision_feature_layers
-    batches = prefetched(BaseViewBatches(processor.image_processor, seed, steps, batch_size))
+    batches = prefetched(BaseViewBatches(processor.image_processor, seed, steps, batch_size, task))
     progress = tqdm(batches, total=steps, desc="stage 0: tower", unit="step")
     for tiles, attributes in progress:
         hidden_states = tower(tiles, output_hidden_states=True).hidden_states
@@ -360,13 +370,14 @@ class BaseViewBatches(torch.utils.data.IterableDataset):
     32 tiles: `prefetched` draws them ahead.
     """
 
-    def __init__(self, image_processor, seed: int, steps: int, batch_size: int):
+    def __init__(self, image_processor, seed: int, steps: int, batch_size: int, task: str = "broad"):
         self.image_processor, self.seed, self.steps, self.batch_size = image_processor, seed, steps, batch_size
+        self.task = task
 
     def __iter__(self):
         rng = random.Random(f"{self.seed}-tower")
         for _ in range(self.steps):
-            cases = [make_case(rng, SINGLE_SHAPE) for _ in range(self.batch_size)]
+            cases = [make_case(rng, SINGLE_SHAPE, task=self.task) for _ in range(self.batch_size)]
             tiles = self.image_processor(
                 [case.image for case in cases],
                 visual_prompts=[[case.visual_prompt] for case in cases],
@@ -450,6 +461,7 @@ def train(
     single_shape_floor: float,
     salience_steps: int,
     auxiliary_weight: float,
+    task: str = "broad",
 ) -> None:
     """AdamW with linear warm-up and cosine decay; resumes from `output_dir/state.pt` when it exists.
 
@@ -474,7 +486,7 @@ def train(
     log_path = output_dir / "log.tsv"
     started = time.monotonic()
     batches = TrainingBatches(
-        ChatCollator(processor), seed, steps, batch_size, curriculum_steps, single_shape_floor, salience_steps
+        ChatCollator(processor), seed, steps, batch_size, curriculum_steps, single_shape_floor, salience_steps, task
     )
     remaining = prefetched(torch.utils.data.Subset(batches, range(start_step, steps)))
     progress = tqdm(remaining, initial=start_step, total=steps, desc="training", unit="step")
@@ -555,6 +567,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("/tmp/demo-run"), help="training state and log")
     parser.add_argument("--export", type=Path, help="write the complete checkpoint folder here after training")
+    parser.add_argument("--task", choices=TASKS, default="legacy", help="the legacy task or the broad one (demo_task)")
     parser.add_argument("--steps", type=int, default=1800, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
@@ -608,9 +621,12 @@ def main() -> None:
     model = load_repo_class("VisionZephyrForConditionalGeneration")(demo_config())
     initialize_for_training(model, args.edge_filter_channels)
     if args.tower_steps and not (args.output_dir / "state.pt").exists():
-        pretrain_tower(model, processor, args.output_dir, args.tower_steps, args.tower_batch_size, args.seed)
+        pretrain_tower(
+            model, processor, args.output_dir, args.tower_steps, args.tower_batch_size, args.seed, args.task
+        )
     rng = random.Random(args.eval_seed)
-    eval_cases = [make_case(rng) for _ in range(args.eval_cases)]
+    # Half of the broad task's held-out check is asked in held-out wordings.
+    eval_cases = [make_case(rng, task=args.task, held_out_share=0.5) for _ in range(args.eval_cases)]
     train(
         model,
         processor,
@@ -627,6 +643,7 @@ def main() -> None:
         args.single_shape_floor,
         args.salience_steps,
         args.auxiliary_weight,
+        args.task,
     )
     if args.export:
         export_checkpoint(model.eval(), processor, args.export)
