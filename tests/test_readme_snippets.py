@@ -1,7 +1,8 @@
 """The Python blocks of README.md and docs/ecosystem.md run, in order, against the tiny checkpoint: docs cannot rot.
 
 The only edits made before running: the checkpoint placeholder (`repo = "..."`) becomes the tiny checkpoint folder,
-`photo.jpg` is a picture written into the working directory, and `max_new_tokens` is capped (the random tiny model
+`photo.jpg` is a picture written into the working directory (which also links the clone's `demo/` and `examples/`, as
+a clone's root has them), and `max_new_tokens` is capped (the random tiny model
 never says `</s>`, and its words are noise anyway).
 """
 
@@ -28,6 +29,8 @@ def python_blocks(document: str) -> list[str]:
 def in_folder_with_photo(tmp_path, monkeypatch):
     picture = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
     Image.fromarray(picture).save(tmp_path / "photo.jpg")
+    for name in ("demo", "examples"):
+        (tmp_path / name).symlink_to(REPO_ROOT / name)
     monkeypatch.chdir(tmp_path)
 
 
