@@ -77,6 +77,13 @@ def processor(tiny_checkpoint):
     return AutoProcessor.from_pretrained(tiny_checkpoint, trust_remote_code=True)
 
 
+def chat_inputs(processor, images: list, question: str):
+    """The model inputs of one user turn, as `generate()` gets them from the processor."""
+    return processor.apply_chat_template(
+        user_turn(images, question), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+
+
 @pytest.fixture(scope="session")
 def expected(tiny_checkpoint, processor) -> dict[str, dict[str, list[int]]]:
     """`generate()`'s prompt ids and greedy tokens for every case, default config (text conditioning on)."""
@@ -86,13 +93,7 @@ def expected(tiny_checkpoint, processor) -> dict[str, dict[str, list[int]]]:
     assert model.config.qformer_text_conditioning
     answers = {}
     for name, images, question in CASES:
-        inputs = processor.apply_chat_template(
-            user_turn(images, question),
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-        )
+        inputs = chat_inputs(processor, images, question)
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
         prompt_length = inputs.input_ids.shape[1]

@@ -2,9 +2,7 @@
 its answers change when the Q-Former reads other text, so shared features or KV between questions would show."""
 
 import torch
-from conftest import CASES, MAX_NEW_TOKENS
-
-from vision_zephyr_tools.serving import user_turn
+from conftest import CASES, MAX_NEW_TOKENS, chat_inputs
 
 
 def test_one_image_asked_two_questions_gets_two_answers(expected):
@@ -16,13 +14,7 @@ def test_the_answer_depends_on_the_text_the_qformer_reads(tiny_checkpoint, proce
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, trust_remote_code=True).eval()
     _, images, question = next(case for case in CASES if case[0] == "same image, question A")
-    inputs = processor.apply_chat_template(
-        user_turn(images, question),
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-    )
+    inputs = chat_inputs(processor, images, question)
     other = processor(
         text="<image>", images=[image for image, _ in images], qformer_text="<s>Other.", return_tensors="pt"
     )
