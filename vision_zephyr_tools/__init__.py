@@ -6,6 +6,7 @@
     evaluation.py                      VCR and MMBench scores
     demo_model/                        the tiny demo model in demo/: its task, training and evaluation
     render_visual_prompts_example.py   redraws docs/visual_prompts.png
+    serving.py                         what a client of the vLLM server sends
     benchmark_harness.py               what the scripts in benchmarks/ share
     remote_code.py                     the one way the tools load the root's remote-code modules
     cli.py                             `vision-zephyr COMMAND ...`, one command for all of them
