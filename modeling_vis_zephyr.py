@@ -545,7 +545,11 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
         return image_features, placeholder_mask
 
     def check_prompt(
-        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor | None, has_images: bool
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        has_images: bool,
     ) -> None:
         """Rejects prompts the model cannot read: placeholders without images, or longer than the LLM's context.
 
@@ -560,7 +564,12 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
                     "given: pass the processor's `pixel_values` and `image_grids` with them (e.g. "
                     "`model.generate(**processor(text=..., images=...))`), or remove the image from the prompt."
                 )
-        prompt_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        # Engines (vLLM) pack several requests into one row: their positions, not the row's length, say how far each
+        # prompt reaches.
+        if position_ids is not None and position_ids.numel():
+            prompt_length = int(position_ids.max()) + 1
+        else:
+            prompt_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         max_length = self.config.text_config.max_position_embeddings
         if prompt_length > max_length:
             raise ValueError(
@@ -611,7 +620,7 @@ class VisionZephyrModel(VisionZephyrPreTrainedModel):
             )
         has_images = pixel_values is not None and pixel_values.shape[0] > 0
         if past_key_values is None or past_key_values.get_seq_length() == 0:
-            self.check_prompt(input_ids, inputs_embeds, has_images)
+            self.check_prompt(input_ids, inputs_embeds, position_ids, has_images)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 

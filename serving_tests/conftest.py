@@ -124,10 +124,13 @@ def readme_server_command(checkpoint: Path, port: int) -> list[str]:
 
 @contextmanager
 def running_server(checkpoint: Path, log_path: Path) -> Iterator[str]:
-    """The README's server on `checkpoint`, started and healthy; yields its URL and stops it afterwards."""
+    """The README's server on `checkpoint`, started from the clone's root (a relative `checkpoint`, such as the README's
+    `demo`, is also the served model's name), healthy; yields its URL and stops it afterwards."""
     port = free_port()
     with log_path.open("w") as log:
-        process = subprocess.Popen(readme_server_command(checkpoint, port), stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            readme_server_command(checkpoint, port), cwd=README.parent, stdout=log, stderr=subprocess.STDOUT
+        )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         try:

@@ -388,6 +388,17 @@ def test_prompt_filling_the_context_exactly_runs(tiny_model, monkeypatch):
         assert tiny_model(input_ids=torch.tensor([prompt_ids(39, 0)])).logits.shape[1] == 40
 
 
+def test_requests_packed_in_one_row_are_checked_by_their_positions(tiny_model, monkeypatch):
+    # vLLM packs requests into one row: two 30-token prompts make a row of 60 against a context of 40.
+    monkeypatch.setattr(tiny_model.config.text_config, "max_position_embeddings", 40)
+    input_ids = torch.tensor([prompt_ids(29, 0) * 2])
+    packed = torch.arange(30).repeat(2)[None]
+    with torch.no_grad():
+        assert tiny_model(input_ids=input_ids, position_ids=packed).logits.shape[1] == 60
+        with pytest.raises(ValueError, match=r"prompt is 60 tokens .* `max_position_embeddings=40`"):
+            tiny_model(input_ids=input_ids, position_ids=torch.arange(60)[None])
+
+
 def test_processor_prompt_over_the_context_is_rejected_by_the_model(processor, tiny_model):
     long_question = QUESTION + " and" * 4096
     inputs = processor(text=long_question, images=Image.new("RGB", (64, 64)), return_tensors="pt")
