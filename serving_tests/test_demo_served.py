@@ -2,21 +2,15 @@
 its request get the Quickstart's answer, the one `generate()` gives."""
 
 import json
-import re
 import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import README, running_server
+from conftest import README, chat_inputs, readme_serve_block, running_server
 
 
 REPO_ROOT = README.parent
-
-
-def readme_request_snippet() -> str:
-    section = README.read_text(encoding="utf-8").split("\n## Serve it\n", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +21,7 @@ def readme_request(tmp_path_factory) -> dict:
         (workdir / name).symlink_to(REPO_ROOT / name)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
-        exec(compile(readme_request_snippet(), "README.md (Serve it)", "exec"), {})
+        exec(compile(readme_serve_block("python"), "README.md (Serve it)", "exec"), {})
     return json.loads((workdir / "request.json").read_text())
 
 
@@ -45,18 +39,7 @@ def generated_answer(question: str, box: list[int], max_new_tokens: int) -> str:
     model = AutoModelForImageTextToText.from_pretrained(REPO_ROOT / "demo", trust_remote_code=True).eval()
     image = Image.open(REPO_ROOT / "examples" / "demo.png")
     prompt = {"type": "box", "xyxy": box, "color": "red"}
-    chat = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image", "image": image, "visual_prompts": [prompt]},
-                {"type": "text", "text": question},
-            ],
-        }
-    ]
-    inputs = processor.apply_chat_template(
-        chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    )
+    inputs = chat_inputs(processor, [(image, [prompt])], question)
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True).strip()
