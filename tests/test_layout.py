@@ -2,21 +2,26 @@
 path (a merged tool that does would work only from some working directories)."""
 
 import re
+import subprocess
 from pathlib import Path
 
 from vision_zephyr_tools.remote_code import REPO_ROOT
 
 
 IMPORT_PATH_EDIT = re.compile(r"sys\.path|PYTHONPATH|site\.addsitedir")
-SKIPPED_FOLDERS = {".venv", ".git", "build"}
 
 
-def repository_python_files() -> list:
-    return [
-        path
-        for path in REPO_ROOT.rglob("*.py")
-        if not SKIPPED_FOLDERS & set(path.relative_to(REPO_ROOT).parts) and "egg-info" not in str(path)
-    ]
+def repository_python_files() -> list[Path]:
+    """The repository's Python files as git sees them (tracked, or new and not ignored): virtual environments such as
+    CI's `.venv-floor/`, build outputs and caches are ignored by `.gitignore`, not by a list kept here."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    return [REPO_ROOT / name for name in listed if (REPO_ROOT / name).is_file()]
 
 
 def test_no_code_edits_the_import_path():
