@@ -481,7 +481,9 @@ def bicubic_resize(pixels: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> li
 PRECISION_BITS = 22
 LANCZOS_SUPPORT = 3.0
 # Outputs per dense weight block: each block reads one window of inputs; the size with the least work is chosen.
-BLOCK_SIZES = range(8, 17)
+# Small sizes are kept: a block whose advance is a whole number of inputs (7 outputs per 20 inputs at 1920->672)
+# does not drift, so its window stays narrow (measured: 1920x1080 resized 12 % faster than with 8-16 only).
+BLOCK_SIZES = range(4, 17)
 # Columns per batched matmul on CPU: narrower calls are dominated by overhead, wider ones fall out of the cache
 # (measured on a 2-core AMD EPYC: 25-32 GFLOP/s at 48-144 columns, 12 at 350). Other devices take all at once.
 CPU_COLUMNS_PER_CALL = 128
@@ -503,8 +505,10 @@ def lanczos_resize(pixels: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> li
     """
     height, width, channels = pixels.shape
     row_plans = [axis_plan(height, out_height, pixels.device) for out_height, _ in sizes]
+    # The horizontal passes' outputs are 8-bit (Pillow rounds between the passes): uint8 keeps them 8x smaller than
+    # float64, which matters on CPU, where every fresh multi-MB buffer is paid in page faults.
     resized_rows = [
-        torch.empty(plan.padded_length, out_width, channels, dtype=torch.float64, device=pixels.device)
+        torch.empty(plan.padded_length, out_width, channels, dtype=torch.uint8, device=pixels.device)
         for plan, (_, out_width) in zip(row_plans, sizes, strict=True)
     ]
     for plan, rows in zip(row_plans, resized_rows, strict=True):
@@ -570,15 +574,17 @@ class AxisPlan:
         return self.pad_before + self.in_size + self.pad_after
 
     def apply(self, padded: torch.Tensor) -> torch.Tensor:
-        """`(padded_length or more, N)` float64 levels -> `(out_size, N)`, resized along the leading axis."""
+        """`(padded_length or more, N)` levels (uint8 or float64) -> `(out_size, N)` float64, resized along the leading
+        axis."""
         if self.weights is None:
-            return padded[self.pad_before : self.pad_before + self.in_size]
+            return padded[self.pad_before : self.pad_before + self.in_size].to(torch.float64)
         start = self.pad_before + self.offset
         windows = padded[start : start + (len(self.weights) - 1) * self.step + self.span]
         out = torch.empty(self.out_size, padded.shape[1], dtype=torch.float64, device=padded.device)
         columns = CPU_COLUMNS_PER_CALL if padded.device.type == "cpu" else padded.shape[1]
         for left in range(0, padded.shape[1], columns):
-            blocks = windows[:, left : left + columns].unfold(0, self.span, self.step).transpose(1, 2)
+            levels = windows[:, left : left + columns].to(torch.float64)
+            blocks = levels.unfold(0, self.span, self.step).transpose(1, 2)
             sums = torch.bmm(self.weights, blocks).flatten(0, 1)[: self.out_size]
             out[:, left : left + columns] = sums.add_(0.5).floor_().clamp_(0, 255)
         return out
