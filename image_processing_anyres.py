@@ -525,7 +525,7 @@ def lanczos_resize(pixels: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> li
 
 
 def resize_width(pixels: torch.Tensor, outputs: list[torch.Tensor]) -> None:
-    """The horizontal passes of `lanczos_resize` into `outputs`, `(H, width, C)` float64 each.
+    """The horizontal passes of `lanczos_resize` into `outputs`, `(H, width, C)` uint8 each.
 
     The image is read in strips of rows, transposed to `(W, C, rows)` float64, so that the strip stays in the cache
     and each pass is a matmul over its leading axis, shared by all output widths.
