@@ -94,6 +94,12 @@ TRAINING_FRAMES = {
         "What {colour} is {verb}?",
         "{colour} of {ref}?",
         "What {colour} is the shape {place}?",
+        "Name the {colour} of {ref}.",
+        "Give the {colour} of {ref}.",
+        "Say which {colour} {ref} is.",
+        "For {ref}, what {colour} is it?",
+        "{ref}: which {colour}?",
+        "The {colour} of {ref}, please.",
     ),
     "shape": (
         "What shape is {ref}?",
@@ -103,6 +109,12 @@ TRAINING_FRAMES = {
         "What kind of shape is {ref}?",
         "Shape of {ref}?",
         "What shape is {place}?",
+        "Name the shape of {ref}.",
+        "Give the shape of {ref}.",
+        "Say which shape {ref} is.",
+        "For {ref}, what shape is it?",
+        "{ref}: which shape?",
+        "The shape of {ref}, please.",
     ),
     "both": (
         "What is {verb}?",
@@ -111,8 +123,19 @@ TRAINING_FRAMES = {
         "Describe {marked}.",
         "Which shape and {colour} is {ref}?",
         "Name the {colour} and shape of {ref}.",
+        "Identify {ref}.",
+        "Say what is {verb}.",
+        "For {ref}, what is it?",
+        "{ref}: what is it?",
+        "{ref} is what?",
+        "Give the shape and {colour} of {ref}.",
     ),
 }
+# Words around a training question that ask nothing ("Please, what colour is ...", "... in this picture"), so the
+# model learns to read a question's keywords past words it has not seen.
+TRAINING_OPENERS = ("Please, ", "Hey, ", "Quick question: ", "Look at the picture. ", "In this image, ", "Now, ")
+TRAINING_CLOSERS = (" in the image", " in this picture", " here")
+FILLER_SHARE = 0.3
 HELD_OUT_FRAMES = {
     "color": ("Tell me the {colour} of {ref}.", "{ref} is which {colour}?", "What {colour} does {ref} have?"),
     "shape": ("Tell me the shape of {ref}.", "{ref} is which shape?", "What shape does {ref} have?"),
@@ -201,6 +224,13 @@ class DemoCase:
 def answer_for(target: Shape, question_kind: str) -> str:
     """The expected answer: the marked shape's colour, its kind, or both (`"yellow circle"`)."""
     return {"color": target.color, "shape": target.kind, "both": f"{target.color} {target.kind}"}[question_kind]
+
+
+def question_kind_of(answer: str) -> str:
+    """The kind of question `answer` answers (`answer_for`'s inverse): `"yellow circle"` -> `"both"`."""
+    if " " in answer:
+        return "both"
+    return "shape" if answer in SHAPE_KINDS else "color"
 
 
 def sample_shapes(
@@ -432,12 +462,24 @@ def question_for(rng: random.Random, question_kind: str, visual_prompt: dict, wo
     text = rng.choice(frames).format(
         colour=rng.choice(("colour", "color")), ref=ref, verb=verb, marked=marked, place=place
     )
+    if wording == "training":
+        text = with_filler_words(rng, text)
     text = text[0].upper() + text[1:]
     if rng.random() < LOWER_CASE_SHARE:
         text = text.lower()
     if rng.random() < NO_QUESTION_MARK_SHARE:
         text = text.rstrip("?.")
     return text
+
+
+def with_filler_words(rng: random.Random, question: str) -> str:
+    """`question` with, each at `FILLER_SHARE`, an opener before it and a closer before its final mark."""
+    if rng.random() < FILLER_SHARE:
+        question = rng.choice(TRAINING_OPENERS) + question[0].lower() + question[1:]
+    if rng.random() < FILLER_SHARE:
+        stem, mark = (question[:-1], question[-1]) if question.endswith(("?", ".")) else (question, "")
+        question = stem + rng.choice(TRAINING_CLOSERS) + mark
+    return question
 
 
 def render_scene(width: int, height: int, shapes: tuple[Shape, ...]) -> Image.Image:

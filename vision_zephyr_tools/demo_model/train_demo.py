@@ -34,12 +34,14 @@ from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from vision_zephyr_tools.demo_model.demo_task import (
     SHAPE_COLORS,
+    QUESTION_KINDS,
     SHAPE_KINDS,
     SHAPES_PER_IMAGE,
     TASKS,
     DemoCase,
     make_case,
     other_question,
+    question_kind_of,
 )
 from vision_zephyr_tools.remote_code import AUTO_MAP, REMOTE_CODE_FILES, REPO_ROOT, load_repo_class, load_repo_module
 from vision_zephyr_tools.training.collator import IGNORE_INDEX, ChatCollator
@@ -230,9 +232,10 @@ def training_batch(
     single_shape_floor: float,
     salience_steps: int,
     task: str = "broad",
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The batch of `step` and its marked shapes' `(kind, colour)` indices: its own generator, so a resumed run sees
-    the same data as an uninterrupted one.
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The batch of `step`, its marked shapes' `(kind, colour)` indices and the `QUESTION_KINDS` index of each
+    question (chat by chat, turn by turn): its own generator, so a resumed run sees the same data as an uninterrupted
+    one.
 
     Two curricula fade out linearly. Scenes: a share of single-shape scenes, 100 % at step 0 falling to
     `single_shape_floor` at `curriculum_steps`; there the answer is visible without finding the prompt, which teaches
@@ -245,7 +248,7 @@ def training_batch(
     rng = random.Random(f"{seed}-{step}")
     single_shape_share = max(single_shape_floor, fading_share(step, curriculum_steps))
     salience = fading_share(step, salience_steps)
-    examples, marked = [], []
+    examples, marked, question_kinds = [], [], []
     for _ in range(batch_size):
         scene = SINGLE_SHAPE if rng.random() < single_shape_share else SHAPES_PER_IMAGE
         case = make_case(rng, scene, task=task)
@@ -253,7 +256,9 @@ def training_batch(
         follow_ups = [other_question(rng, case)] if rng.random() < TWO_QUESTION_SHARE else []
         examples.append({"messages": training_chat(case, prompt, follow_ups)})
         marked.append(attribute_indices(case))
-    return collator(examples), torch.tensor(marked)
+        answers = [case.answer] + [answer for _, answer in follow_ups]
+        question_kinds += [QUESTION_KINDS.index(question_kind_of(answer)) for answer in answers]
+    return collator(examples), torch.tensor(marked), torch.tensor(question_kinds)
 
 
 class TrainingBatches(torch.utils.data.Dataset):
@@ -276,7 +281,7 @@ class TrainingBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.steps
 
-    def __getitem__(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def __getitem__(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         return training_batch(self.collator, self.seed, step, *self.options)
 
 
@@ -424,6 +429,17 @@ def marked_shape_loss(
     return attribute_loss(tuple(torch.cat(column) for column in zip(*logits, strict=True)), attributes)
 
 
+def question_kind_loss(
+    head: torch.nn.Linear, last_hidden_state: torch.Tensor, labels: torch.Tensor, question_kinds: torch.Tensor
+) -> torch.Tensor:
+    """Auxiliary loss: each question's kind (`QUESTION_KINDS`), read by `head` from the language model's last hidden
+    state where it predicts the answer's first token (the position before each run of labelled tokens)."""
+    answered = labels != IGNORE_INDEX
+    first_answer = answered & ~torch.nn.functional.pad(answered, (1, 0))[:, :-1]
+    rows, columns = first_answer.nonzero(as_tuple=True)
+    return torch.nn.functional.cross_entropy(head(last_hidden_state[rows, columns - 1]), question_kinds)
+
+
 @torch.no_grad()
 def first_token_accuracy(model, processor, cases: list[DemoCase], batch_size: int = 32) -> float:
     """Share of cases whose answer's first token is the most likely next token after the prompt (fast proxy)."""
@@ -462,16 +478,31 @@ def train(
     salience_steps: int,
     auxiliary_weight: float,
     task: str = "broad",
+    question_kind_weight: float = 0.0,
 ) -> None:
     """AdamW with linear warm-up and cosine decay; resumes from `output_dir/state.pt` when it exists.
 
     With `auxiliary_weight`, a throw-away `AttributeProbeHead` also reads the marked shape's kind and colour from each
     image's Q-Former tokens, and its loss is added with that weight (`marked_shape_loss`): the answers' gradient alone
     let the shape the stage-0 tower had learned fade out of the tower and the Q-Former (BENCHMARKS.md, v9).
+
+    With `question_kind_weight`, a throw-away linear head reads each question's kind from the language model's state
+    where it starts the answer (`question_kind_loss`): the answers' gradient alone taught the broad task's question
+    kinds slowly, and a shape question was answered with a colour in a third of v15's cases (BENCHMARKS.md).
     """
     torch.manual_seed(seed)
-    head = AttributeProbeHead(model.config.text_config.hidden_size, (len(SHAPE_KINDS), len(SHAPE_COLORS)))
-    parameters = list(model.parameters()) + (list(head.parameters()) if auxiliary_weight else [])
+    hidden_size = model.config.text_config.hidden_size
+    heads = torch.nn.ModuleDict(
+        {
+            "marked_shape": AttributeProbeHead(hidden_size, (len(SHAPE_KINDS), len(SHAPE_COLORS))),
+            "question_kind": torch.nn.Linear(hidden_size, len(QUESTION_KINDS)),
+        }
+    )
+    parameters = list(model.parameters())
+    if auxiliary_weight:
+        parameters += list(heads["marked_shape"].parameters())
+    if question_kind_weight:
+        parameters += list(heads["question_kind"].parameters())
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
     accelerator = Accelerator(cpu=True)
@@ -481,8 +512,12 @@ def train(
         model.model.multi_modal_projector.register_forward_hook(
             lambda module, inputs, output: captured.__setitem__("visual_tokens", output)
         )
+    if question_kind_weight:
+        model.model.language_model.register_forward_hook(
+            lambda module, inputs, output: captured.__setitem__("last_hidden_state", output.last_hidden_state)
+        )
     state_path = output_dir / "state.pt"
-    start_step = load_state(state_path, model, head, optimizer, scheduler)
+    start_step = load_state(state_path, model, heads, optimizer, scheduler)
     log_path = output_dir / "log.tsv"
     started = time.monotonic()
     batches = TrainingBatches(
@@ -491,12 +526,19 @@ def train(
     remaining = prefetched(torch.utils.data.Subset(batches, range(start_step, steps)))
     progress = tqdm(remaining, initial=start_step, total=steps, desc="training", unit="step")
     model.train()
-    for step, (batch, marked) in enumerate(progress, start=start_step):
+    for step, (batch, marked, question_kinds) in enumerate(progress, start=start_step):
         loss = answer_loss(model, batch)
         if auxiliary_weight:
             image_token_id = model.config.image_token_id
-            auxiliary = marked_shape_loss(head, captured["visual_tokens"], batch["input_ids"], image_token_id, marked)
+            auxiliary = marked_shape_loss(
+                heads["marked_shape"], captured["visual_tokens"], batch["input_ids"], image_token_id, marked
+            )
             loss = loss + auxiliary_weight * auxiliary
+        if question_kind_weight:
+            kinds = question_kind_loss(
+                heads["question_kind"], captured["last_hidden_state"], batch["labels"], question_kinds
+            )
+            loss = loss + question_kind_weight * kinds
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
@@ -510,16 +552,16 @@ def train(
         if not math.isnan(accuracy):
             progress.write(f"step {done}: held-out first-token accuracy {accuracy:.3f}")
         if done % save_every == 0 or done == steps:
-            save_state(state_path, model, head, optimizer, scheduler, done)
+            save_state(state_path, model, heads, optimizer, scheduler, done)
 
 
-def save_state(path: Path, model, head, optimizer, scheduler, step: int) -> None:
+def save_state(path: Path, model, heads, optimizer, scheduler, step: int) -> None:
     """Writes the resumable training state atomically (a cut-off mid-write keeps the previous one)."""
     partial = path.with_suffix(".partial")
     torch.save(
         {
             "model": model.state_dict(),
-            "auxiliary_head": head.state_dict(),
+            "auxiliary_heads": heads.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "step": step,
@@ -529,13 +571,13 @@ def save_state(path: Path, model, head, optimizer, scheduler, step: int) -> None
     partial.replace(path)
 
 
-def load_state(path: Path, model, head, optimizer, scheduler) -> int:
+def load_state(path: Path, model, heads, optimizer, scheduler) -> int:
     """Restores a saved training state; returns the step to continue from (0 without one)."""
     if not path.exists():
         return 0
     state = torch.load(path, weights_only=True)
     model.load_state_dict(state["model"])
-    head.load_state_dict(state["auxiliary_head"])
+    heads.load_state_dict(state["auxiliary_heads"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return state["step"]
@@ -567,7 +609,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("/tmp/demo-run"), help="training state and log")
     parser.add_argument("--export", type=Path, help="write the complete checkpoint folder here after training")
-    parser.add_argument("--task", choices=TASKS, default="legacy", help="the legacy task or the broad one (demo_task)")
+    parser.add_argument("--task", choices=TASKS, default="broad", help="the broad task or the legacy one (demo_task)")
     parser.add_argument("--steps", type=int, default=1800, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
@@ -597,6 +639,12 @@ def parse_args() -> argparse.Namespace:
         default=2.0,
         help="weight of the auxiliary loss on the marked shape's kind and colour read from the Q-Former tokens",
     )
+    parser.add_argument(
+        "--question-kind-weight",
+        type=float,
+        default=1.0,
+        help="weight of the auxiliary loss on each question's kind read from the language model's state",
+    )
     parser.add_argument("--tower-batch-size", type=int, default=32, help="stage 0: images per step")
     parser.add_argument("--save-every", type=int, default=100, help="steps between resumable checkpoints")
     parser.add_argument("--eval-every", type=int, default=200, help="steps between held-out accuracy checks")
@@ -607,8 +655,9 @@ def parse_args() -> argparse.Namespace:
     channels = VISION_CONFIG["hidden_size"]
     if not 0 <= args.edge_filter_channels <= channels:
         parser.error(f"--edge-filter-channels must be between 0 and {channels}, got {args.edge_filter_channels}")
-    if args.auxiliary_weight < 0:
-        parser.error(f"--auxiliary-weight must be 0 (off) or positive, got {args.auxiliary_weight}")
+    for flag in ("auxiliary_weight", "question_kind_weight"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be 0 (off) or positive, got {getattr(args, flag)}")
     return args
 
 
@@ -644,6 +693,7 @@ def main() -> None:
         args.salience_steps,
         args.auxiliary_weight,
         args.task,
+        args.question_kind_weight,
     )
     if args.export:
         export_checkpoint(model.eval(), processor, args.export)
