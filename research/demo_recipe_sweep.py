@@ -101,7 +101,7 @@ class VariantBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         recipe = self.recipe
         if "data" not in recipe:
-            batch, _ = train_demo.training_batch(
+            batch, *_ = train_demo.training_batch(
                 self.collator, 0, step, 16, recipe.get("curriculum", 400), recipe.get("floor", 0.3), 1200, "legacy"
             )
             return batch

@@ -19,6 +19,7 @@ from vision_zephyr_tools.demo_model import demo_task, train_demo
 from vision_zephyr_tools.demo_model.demo_task import (
     LEGACY_PROMPT_TYPES,
     PROMPT_TYPES,
+    QUESTION_KINDS,
     QUESTIONS,
     SHAPE_COLORS,
     SHAPE_KINDS,
@@ -151,6 +152,24 @@ def test_held_out_wordings_are_never_training_wordings():
     markers = ("tell me", " does ", " is which ")
     assert all(any(marker in question for marker in markers) for question in held_out)
     assert not [question for question in training if any(marker in question for marker in markers)]
+
+
+def test_filler_words_surround_some_training_questions_and_no_held_out_one():
+    rng = random.Random(4)
+    prompts = [make_case(rng).visual_prompt for _ in range(20)]
+    openers = tuple(opener.strip().lower() for opener in demo_task.TRAINING_OPENERS)
+    closers = tuple(closer.strip() for closer in demo_task.TRAINING_CLOSERS)
+
+    def fillers(wording: str) -> tuple[float, float]:
+        questions = [
+            question_for(rng, QUESTION_KINDS[index % 3], prompts[index % 20], wording).lower() for index in range(600)
+        ]
+        opened = sum(question.startswith(openers) for question in questions) / len(questions)
+        closed = sum(question.rstrip("?.").endswith(closers) for question in questions) / len(questions)
+        return opened, closed
+
+    assert all(0.2 < share < 0.4 for share in fillers("training")), fillers("training")
+    assert fillers("held-out") == (0.0, 0.0)
 
 
 def _inside_triangle(point, corners) -> bool:
@@ -308,19 +327,47 @@ def test_tower_pretraining_changes_only_the_tower_and_a_resumed_run_reuses_it(tm
         assert torch.equal(value, trained_tower[name]), f"{name} was not restored from tower.pt"
 
 
-def test_training_batch_attributes_are_the_marked_shapes_answers():
+def test_training_batch_attributes_and_question_kinds_are_the_answers_of_its_chats():
     processor = train_demo.demo_processor()
     collator = train_demo.ChatCollator(processor)
-    batch, marked = train_demo.training_batch(collator, 0, 500, 8, 400, 0.3, 1200)
+    batch, marked, question_kinds = train_demo.training_batch(collator, 0, 500, 8, 400, 0.3, 1200)
     assert marked.shape == (8, 2)
     colors = list(SHAPE_COLORS)
+    answers = []
     for labels, (kind_index, color_index) in zip(batch["labels"], marked.tolist(), strict=True):
         # One answer per assistant turn, each ended by `</s>`.
         answer_ids = labels[labels != train_demo.IGNORE_INDEX].tolist()
-        turns = processor.tokenizer.decode(answer_ids).split(processor.tokenizer.eos_token)
-        words = {word for turn in turns for word in turn.split()}
+        turns = [turn.split() for turn in processor.tokenizer.decode(answer_ids).split(processor.tokenizer.eos_token)]
+        turns = [words for words in turns if words]
         shape, color = SHAPE_KINDS[kind_index], colors[color_index]
-        assert words and words <= {shape, color}, (words, shape, color)
+        assert turns and all(set(words) <= {shape, color} for words in turns), (turns, shape, color)
+        answers += turns
+    # Chat by chat, turn by turn: a colour word answers "color", a shape word "shape", both words "both".
+    expected = [("both" if len(words) == 2 else "shape" if words[0] in SHAPE_KINDS else "color") for words in answers]
+    assert [QUESTION_KINDS[index] for index in question_kinds.tolist()] == expected
+    assert len(set(expected)) == 3, "the batch should hold every question kind"
+
+
+def test_question_kind_loss_reads_the_state_before_each_answers_first_token():
+    ignore = train_demo.IGNORE_INDEX
+    # Two chats: the first answers at positions 3-4 and 7-8 (two turns), the second at 5-6.
+    labels = torch.full((2, 9), ignore)
+    labels[0, 3:5], labels[0, 7:9], labels[1, 5:7] = 11, 12, 13
+    kinds = torch.tensor([2, 0, 1])
+    head = torch.nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(3))
+    hidden = torch.zeros(2, 9, 3)
+    hidden[0, 2, 2] = hidden[0, 6, 0] = hidden[1, 4, 1] = 50.0
+    assert train_demo.question_kind_loss(head, hidden, labels, kinds).item() < 1e-6
+    shifted = torch.roll(hidden, 1, dims=1)  # the states of the answers' first tokens instead: wrong positions
+    assert train_demo.question_kind_loss(head, shifted, labels, kinds).item() > 1.0
+
+
+@pytest.mark.parametrize("kind", QUESTION_KINDS)
+def test_question_kind_of_inverts_answer_for(kind, broad_cases):
+    for case in broad_cases[:30]:
+        assert demo_task.question_kind_of(demo_task.answer_for(case.target, kind)) == kind
 
 
 def test_prefetched_batches_of_a_resumed_run_are_the_batches_of_those_steps():
@@ -329,9 +376,9 @@ def test_prefetched_batches_of_a_resumed_run_are_the_batches_of_those_steps():
     batches = train_demo.TrainingBatches(collator, 0, 6, *options)
     resumed = list(train_demo.prefetched(torch.utils.data.Subset(batches, range(4, 6))))
     assert len(resumed) == 2
-    for step, (batch, marked) in zip((4, 5), resumed, strict=True):
-        expected, expected_marked = train_demo.training_batch(collator, 0, step, *options)
-        assert torch.equal(marked, expected_marked)
+    for step, (batch, marked, question_kinds) in zip((4, 5), resumed, strict=True):
+        expected, expected_marked, expected_kinds = train_demo.training_batch(collator, 0, step, *options)
+        assert torch.equal(marked, expected_marked) and torch.equal(question_kinds, expected_kinds)
         assert batch.keys() == expected.keys()
         for key, value in expected.items():
             assert torch.equal(batch[key], value), f"step {step}: {key} differs from training_batch's"
@@ -356,6 +403,7 @@ def test_marked_shape_loss_reads_each_image_from_its_own_tiles():
     [
         (["--edge-filter-channels", "65"], "--edge-filter-channels must be between 0 and 64"),
         (["--auxiliary-weight", "-0.5"], "--auxiliary-weight must be 0 (off) or positive"),
+        (["--question-kind-weight", "-1"], "--question-kind-weight must be 0 (off) or positive"),
     ],
 )
 def test_train_demo_rejects_out_of_range_recipe_flags(monkeypatch, capsys, flags, message):
