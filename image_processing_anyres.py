@@ -15,11 +15,10 @@ do not depend on the installed Pillow and can be computed on a GPU. PIL only dec
 
 import functools
 import math
-import operator
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -590,6 +589,19 @@ class AxisPlan:
         return out
 
 
+class LanczosTaps(NamedTuple):
+    """Per output pixel: `first` input pixel, `count` of inputs read and `fixed` `(out_size, max count)` fixed-point
+    weights, zero past `count`."""
+
+    first: np.ndarray
+    count: np.ndarray
+    fixed: np.ndarray
+
+    @property
+    def in_window(self) -> np.ndarray:
+        return np.arange(self.fixed.shape[1]) < self.count[:, None]
+
+
 @functools.lru_cache(maxsize=64)
 def axis_plan(in_size: int, out_size: int, device: torch.device) -> AxisPlan:
     """The `AxisPlan` of one axis, cached: a stream of same-size images computes its weights once."""
@@ -598,65 +610,63 @@ def axis_plan(in_size: int, out_size: int, device: torch.device) -> AxisPlan:
     taps = lanczos_taps(in_size, out_size)
     block = min(BLOCK_SIZES, key=lambda size: block_layout(taps, size, in_size)[-1])
     step, offset, span, _ = block_layout(taps, block, in_size)
-    weights = torch.zeros(len(taps) + -len(taps) % block, span, dtype=torch.float64)
-    for out_index, (first, fixed_weights) in enumerate(taps):
-        start = first - out_index // block * step - offset
-        weights[out_index, start : start + len(fixed_weights)] = torch.tensor(fixed_weights, dtype=torch.float64)
-    weights = (weights / (1 << PRECISION_BITS)).view(-1, block, span).to(device)
+    outputs, tap_index = np.nonzero(taps.in_window)
+    columns = taps.first[outputs] - outputs // block * step - offset + tap_index
+    weights = np.zeros((out_size + -out_size % block, span))
+    weights[outputs, columns] = taps.fixed[outputs, tap_index]
+    weights = torch.from_numpy(weights / (1 << PRECISION_BITS)).view(-1, block, span).to(device)
     return AxisPlan(weights, in_size, out_size, step, offset, span)
 
 
-def block_layout(taps: list[tuple[int, list[int]]], block: int, in_size: int) -> tuple[int, int, int, int]:
+def block_layout(taps: LanczosTaps, block: int, in_size: int) -> tuple[int, int, int, int]:
     """`(step, offset, span, work)` of cutting `taps` into blocks of `block` outputs read at a constant `step`.
 
     The step is the block's average advance; windows drift from it by the rounding, which widens `span`, so the
     block size decides how much of each window is zeros. `work` counts the multiply-adds per input column.
     """
-    num_blocks = -(-len(taps) // block)
-    step = max(round(block * in_size / len(taps)), 1)
-    blocks = [taps[index * block : (index + 1) * block] for index in range(num_blocks)]
-    starts = [group[0][0] - index * step for index, group in enumerate(blocks)]
-    ends = [max(first + len(w) for first, w in group) - index * step for index, group in enumerate(blocks)]
-    offset = min(starts)
-    span = max(ends) - offset
+    out_size = len(taps.first)
+    num_blocks = -(-out_size // block)
+    step = max(round(block * in_size / out_size), 1)
+    block_starts = np.arange(num_blocks) * step
+    ends = np.pad(taps.first + taps.count, (0, num_blocks * block - out_size), mode="edge")
+    offset = int((taps.first[::block] - block_starts).min())
+    span = int((ends.reshape(num_blocks, block).max(1) - block_starts).max()) - offset
     return step, offset, span, num_blocks * block * span
 
 
-def lanczos_taps(in_size: int, out_size: int) -> list[tuple[int, list[int]]]:
-    """Per output pixel, its first input pixel and fixed-point weights, as Pillow 11.2.1's `precompute_coeffs` and
-    `normalize_coeffs_8bpc` compute them (same double-precision operations in the same order)."""
+def lanczos_taps(in_size: int, out_size: int) -> LanczosTaps:
+    """Pillow 11.2.1's `precompute_coeffs` and `normalize_coeffs_8bpc`, for all output pixels at once: the same
+    double-precision operations in the same order (the weights' sum taken tap by tap, as C does), so the same bits."""
     scale = in_size / out_size
     filter_scale = max(scale, 1.0)
     support = LANCZOS_SUPPORT * filter_scale
-    taps = []
-    for out_index in range(out_size):
-        center = (out_index + 0.5) * scale
-        first = max(int(center - support + 0.5), 0)
-        count = min(int(center + support + 0.5), in_size) - first
-        weights = [lanczos_kernel((first + index - center + 0.5) * (1.0 / filter_scale)) for index in range(count)]
-        total = functools.reduce(operator.add, weights, 0.0)  # in order, as C; sum() compensates
-        weights = [weight / total for weight in weights] if total != 0.0 else weights
-        taps.append((first, [to_fixed_point(weight) for weight in weights]))
-    return taps
+    centers = (np.arange(out_size) + 0.5) * scale
+    first = np.maximum(np.trunc(centers - support + 0.5), 0).astype(np.int64)
+    count = np.minimum(np.trunc(centers + support + 0.5).astype(np.int64), in_size) - first
+    tap_index = np.arange(count.max())
+    in_window = tap_index < count[:, None]
+    weights = lanczos_kernel(((first[:, None] + tap_index) - centers[:, None] + 0.5) * (1.0 / filter_scale))
+    weights[~in_window] = 0.0
+    total = np.zeros(out_size)
+    for column in weights.T:
+        total = total + column
+    weights = np.divide(weights, total[:, None], out=weights, where=total[:, None] != 0.0)
+    fixed = np.trunc(weights * (1 << PRECISION_BITS) + np.where(weights >= 0, 0.5, -0.5)).astype(np.int64)
+    return LanczosTaps(first, count, fixed)
 
 
-def lanczos_kernel(x: float) -> float:
-    """Pillow's `lanczos_filter`: sinc(x) * sinc(x / 3) on [-3, 3)."""
-    if not -LANCZOS_SUPPORT <= x < LANCZOS_SUPPORT:
-        return 0.0
-    return sinc(x) * sinc(x / 3)
+def lanczos_kernel(x: np.ndarray) -> np.ndarray:
+    """Pillow's `lanczos_filter`: sinc(x) * sinc(x / 3) on [-3, 3), zero elsewhere."""
+    return np.where((x >= -LANCZOS_SUPPORT) & (x < LANCZOS_SUPPORT), sinc(x) * sinc(x / 3), 0.0)
 
 
-def sinc(x: float) -> float:
-    if x == 0.0:
-        return 1.0
-    x = x * math.pi
-    return math.sin(x) / x
-
-
-def to_fixed_point(weight: float) -> int:
-    """Pillow's rounding of a weight to fixed point: half away from zero."""
-    return int(weight * (1 << PRECISION_BITS) + (0.5 if weight >= 0 else -0.5))
+def sinc(x: np.ndarray) -> np.ndarray:
+    """sin(pi x) / (pi x), with C's `sin` (`math.sin`): numpy's vectorized sine may differ from it in the last bit,
+    which can flip a weight's fixed-point rounding."""
+    scaled = x * math.pi
+    sines = np.fromiter(map(math.sin, scaled.ravel().tolist()), dtype=np.float64, count=scaled.size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x == 0.0, 1.0, sines.reshape(x.shape) / scaled)
 
 
 VisionZephyrImageProcessor.register_for_auto_class("AutoImageProcessor")
