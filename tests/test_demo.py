@@ -37,7 +37,14 @@ demo_recipe_sweep = load_script(REPO_ROOT / "research" / "demo_recipe_sweep.py")
 
 DEMO_DIR = REPO_ROOT / "demo"
 TEST_SEED = 777  # never used in training (training batches use string seeds)
-TEST_CASES = 60
+# Fresh cases of each task for the accuracy tests; the broad task's half in held-out wordings.
+TEST_CASES = {"broad": 80, "legacy": 60}
+# The lowest accuracy the tests accept on those cases, well below the committed model's (the comments give it) and
+# well above what a broken link of the wiring leaves (a random shape or colour of the scene: ~50 %, ~25 % for "both").
+MIN_ACCURACY = {
+    "broad": {"overall": 0.70, "question: color": 0.70, "wording: held-out": 0.65},
+    "legacy": {"overall": 0.80, "question: color": 0.80},
+}
 # Prompt colours that pass for a shape colour (gold is the yellow shapes' own colour): scenes marked in them hold no
 # such shape.
 CLASHING_SHAPE_COLORS = {"gold": "yellow", "yellow": "yellow", "orange": "yellow", "blue": "blue", "lime": "green"}
@@ -59,9 +66,14 @@ def demo():
     return load_demo(DEMO_DIR)
 
 
+@pytest.fixture(scope="module", params=sorted(TEST_CASES))
+def eval_task(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def fresh_cases():
-    return make_cases(TEST_CASES, seed=TEST_SEED, task="legacy")
+def fresh_cases(eval_task):
+    return make_cases(TEST_CASES[eval_task], seed=TEST_SEED, task=eval_task, held_out_share=0.5)
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -245,17 +257,23 @@ def prompted_answers(demo, fresh_cases):
 
 
 @pytest.mark.skipif(not (DEMO_DIR / "model.safetensors").exists(), reason="demo/ checkpoint not trained yet")
-def test_demo_model_answers_with_one_task_word(prompted_answers):
+def test_demo_model_answers_with_task_words(fresh_cases, prompted_answers):
+    # One word for the colour and shape questions, a colour and a shape for "What is marked?" (broad task).
     words = set(SHAPE_KINDS) | set(SHAPE_COLORS)
-    assert set(prompted_answers) <= words, f"answers outside the task's words: {set(prompted_answers) - words}"
+    odd = [
+        answer for answer in prompted_answers if not (0 < len(answer.split()) <= 2 and set(answer.split()) <= words)
+    ]
+    assert not odd, f"answers outside the task's words: {odd}"
 
 
 @pytest.mark.skipif(not (DEMO_DIR / "model.safetensors").exists(), reason="demo/ checkpoint not trained yet")
-def test_demo_model_names_the_marked_shapes_colour(fresh_cases, prompted_answers):
+def test_demo_model_names_the_marked_shapes_colour(eval_task, fresh_cases, prompted_answers):
     # Naming the colour of the one marked shape among 2-4 needs every link: drawing, tiling order, `<image>`
     # placement, Q-Former and LM; with a broken link it falls to picking one of the image's colours (~40 %).
     accuracy = accuracy_table(fresh_cases, prompted_answers)["question: color"]
-    assert accuracy >= 0.80, f"colour questions on {TEST_CASES} fresh cases answered {accuracy:.0%} right"
+    assert accuracy >= MIN_ACCURACY[eval_task]["question: color"], (
+        f"colour questions on {len(fresh_cases)} fresh {eval_task} cases answered {accuracy:.0%} right"
+    )
 
 
 @pytest.mark.skipif(not (DEMO_DIR / "model.safetensors").exists(), reason="demo/ checkpoint not trained yet")
@@ -268,14 +286,15 @@ def test_demo_model_needs_the_visual_prompt(demo, fresh_cases, prompted_answers)
     with_prompt = accuracy_table(fresh_cases, prompted_answers)["overall"]
     without_prompt = accuracy_table(fresh_cases, without_answers)["overall"]
     assert with_prompt - without_prompt >= 0.20, (
-        f"accuracy {with_prompt:.0%} with the red prompt and {without_prompt:.0%} without: it ignores the prompt"
+        f"accuracy {with_prompt:.0%} with the visual prompt and {without_prompt:.0%} without: it ignores the prompt"
     )
 
 
 @pytest.mark.skipif(not (DEMO_DIR / "model.safetensors").exists(), reason="demo/ checkpoint not trained yet")
-def test_demo_model_answers_fresh_cases(fresh_cases, prompted_answers):
+def test_demo_model_answers_fresh_cases(eval_task, fresh_cases, prompted_answers):
     accuracy = accuracy_table(fresh_cases, prompted_answers)
-    assert accuracy["overall"] >= 0.80, f"demo accuracy on {TEST_CASES} fresh cases fell to {accuracy}"
+    low = {group: accuracy[group] for group, floor in MIN_ACCURACY[eval_task].items() if accuracy[group] < floor}
+    assert not low, f"demo accuracy on {len(fresh_cases)} fresh {eval_task} cases fell below its floor: {accuracy}"
 
 
 @pytest.mark.skipif(not (DEMO_DIR / "model.safetensors").exists(), reason="demo/ checkpoint not trained yet")
@@ -325,6 +344,19 @@ def test_tower_pretraining_changes_only_the_tower_and_a_resumed_run_reuses_it(tm
     train_demo.pretrain_tower(fresh, processor, tmp_path, steps=2, batch_size=2, seed=0)
     for name, value in fresh.model.vision_tower.state_dict().items():
         assert torch.equal(value, trained_tower[name]), f"{name} was not restored from tower.pt"
+
+
+def test_stage_0_base_views_are_the_processors_base_views():
+    image_processor = train_demo.demo_processor().image_processor
+    tiles, attributes = next(iter(train_demo.BaseViewBatches(image_processor, 0, steps=1, batch_size=6)))
+    rng = random.Random("0-tower")
+    cases = [make_case(rng, train_demo.SINGLE_SHAPE) for _ in range(6)]
+    full = image_processor(
+        [case.image for case in cases], visual_prompts=[[case.visual_prompt] for case in cases], return_tensors="pt"
+    )["pixel_values"]
+    assert full.shape[1] > 2, "the full grid should have more tiles than the one-tile grid"
+    assert torch.equal(tiles, full[:, 0])
+    assert attributes.tolist() == [list(train_demo.attribute_indices(case)) for case in cases]
 
 
 def test_training_batch_attributes_and_question_kinds_are_the_answers_of_its_chats():

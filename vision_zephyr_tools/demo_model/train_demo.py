@@ -20,6 +20,7 @@ a run that is cut off resumes where it stopped. `--export DIR` writes the comple
 """
 
 import argparse
+import copy
 import math
 import random
 import sys
@@ -371,13 +372,16 @@ class BaseViewBatches(torch.utils.data.IterableDataset):
     """Stage 0's batches: single-shape scenes with their prompt drawn, as base-view tiles `(batch, 3, H, W)`, and
     their `(kind, colour)` indices; one generator for the whole stage, so read by one worker only.
 
-    Drawing and tiling (the processor makes every tile; only the base view is used) cost more than the tower's step on
-    32 tiles: `prefetched` draws them ahead.
+    Drawing and tiling cost more than the tower's step on 32 tiles: `prefetched` draws them ahead. Only the base view
+    is used, so the images are tiled on a one-tile grid: the base view is the same (the image squashed to one tile),
+    the grid's resize is the smallest there is.
     """
 
     def __init__(self, image_processor, seed: int, steps: int, batch_size: int, task: str = "broad"):
-        self.image_processor, self.seed, self.steps, self.batch_size = image_processor, seed, steps, batch_size
-        self.task = task
+        tile_size = image_processor.tile_size
+        self.image_processor = copy.deepcopy(image_processor)
+        self.image_processor.image_grid_pinpoints = [[tile_size, tile_size]]
+        self.seed, self.steps, self.batch_size, self.task = seed, steps, batch_size, task
 
     def __iter__(self):
         rng = random.Random(f"{self.seed}-tower")
