@@ -34,8 +34,8 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from vision_zephyr_tools.demo_model.demo_task import (
-    SHAPE_COLORS,
     QUESTION_KINDS,
+    SHAPE_COLORS,
     SHAPE_KINDS,
     SHAPES_PER_IMAGE,
     TASKS,
@@ -497,15 +497,12 @@ def train(
     torch.manual_seed(seed)
     hidden_size = model.config.text_config.hidden_size
     heads = torch.nn.ModuleDict(
-        {
-            "marked_shape": AttributeProbeHead(hidden_size, (len(SHAPE_KINDS), len(SHAPE_COLORS))),
-            "question_kind": torch.nn.Linear(hidden_size, len(QUESTION_KINDS)),
-        }
+        {"marked_shape": AttributeProbeHead(hidden_size, (len(SHAPE_KINDS), len(SHAPE_COLORS)))}
     )
-    parameters = list(model.parameters())
-    if auxiliary_weight:
-        parameters += list(heads["marked_shape"].parameters())
+    parameters = list(model.parameters()) + (list(heads["marked_shape"].parameters()) if auxiliary_weight else [])
     if question_kind_weight:
+        # Made only when used: its initialisation draws from the seeded generator, which recipes without it keep.
+        heads["question_kind"] = torch.nn.Linear(hidden_size, len(QUESTION_KINDS))
         parameters += list(heads["question_kind"].parameters())
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
