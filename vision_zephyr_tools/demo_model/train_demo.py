@@ -11,8 +11,9 @@ tower shapes and colours on its own (`pretrain_tower`), as the real model starts
 
 The defaults are v14's recipe on the legacy task (red prompts, two questions) with a language model of head dim 32,
 what vLLM's CPU attention supports (v16 in BENCHMARKS.md, with the learning curves, the earlier recipes and what each
-one showed). `--task broad` trains on the broad task instead (v15): every prompt type and colour, questions in many
-wordings.
+one showed). `--task broad` trains on the broad task instead: every prompt type and colour, questions in many
+wordings; its best recipe so far (v18 in BENCHMARKS.md, not yet good enough to replace `demo/`) adds
+`--question-kind-weight 1 --auxiliary-weight 3 --steps 2100`.
 
 Checkpoints (model, optimizer, scheduler, step) are written to `OUTPUT_DIR/state.pt` every `--save-every` steps, so
 a run that is cut off resumes where it stopped. `--export DIR` writes the complete checkpoint folder (config with
@@ -610,7 +611,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("/tmp/demo-run"), help="training state and log")
     parser.add_argument("--export", type=Path, help="write the complete checkpoint folder here after training")
-    parser.add_argument("--task", choices=TASKS, default="broad", help="the broad task or the legacy one (demo_task)")
+    parser.add_argument("--task", choices=TASKS, default="legacy", help="the legacy task or the broad one (demo_task)")
     parser.add_argument("--steps", type=int, default=1800, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
@@ -643,7 +644,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--question-kind-weight",
         type=float,
-        default=1.0,
+        default=0.0,
         help="weight of the auxiliary loss on each question's kind read from the language model's state",
     )
     parser.add_argument("--tower-batch-size", type=int, default=32, help="stage 0: images per step")
