@@ -340,6 +340,32 @@ def test_stage_0_base_views_are_the_processors_base_views():
     assert attributes.tolist() == [list(train_demo.attribute_indices(case)) for case in cases]
 
 
+def test_stage_0_marked_share_adds_scenes_of_several_shapes_labelled_with_the_marked_one():
+    image_processor = train_demo.demo_processor().image_processor
+    tiles, attributes = next(iter(train_demo.BaseViewBatches(image_processor, 0, 1, 8, marked_share=0.5)))
+    rng = random.Random("0-tower")
+    cases = []
+    for _ in range(8):
+        scene = train_demo.SHAPES_PER_IMAGE if rng.random() < 0.5 else train_demo.SINGLE_SHAPE
+        cases.append(make_case(rng, scene))
+    assert 0 < sum(len(case.shapes) > 1 for case in cases) < 8, "seed 0 should mix both kinds of scene"
+    assert attributes.tolist() == [list(train_demo.attribute_indices(case)) for case in cases]
+    expected = image_processor(
+        [case.image for case in cases], visual_prompts=[[case.visual_prompt] for case in cases], return_tensors="pt"
+    )["pixel_values"][:, 0]
+    assert torch.equal(tiles, expected)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3])
+def test_legacy_share_mixes_legacy_cases_into_broad_batches_and_draws_nothing_when_off(share):
+    rng = random.Random(3)
+    tasks = [train_demo.case_task(rng, "broad", share) for _ in range(400)]
+    if share:
+        assert 0.22 < tasks.count("legacy") / len(tasks) < 0.38, tasks.count("legacy")
+    else:
+        assert set(tasks) == {"broad"} and rng.getstate() == random.Random(3).getstate()
+
+
 def test_training_batch_attributes_and_question_kinds_are_the_answers_of_its_chats():
     processor = train_demo.demo_processor()
     collator = train_demo.ChatCollator(processor)
@@ -417,6 +443,8 @@ def test_marked_shape_loss_reads_each_image_from_its_own_tiles():
         (["--edge-filter-channels", "65"], "--edge-filter-channels must be between 0 and 64"),
         (["--auxiliary-weight", "-0.5"], "--auxiliary-weight must be 0 (off) or positive"),
         (["--question-kind-weight", "-1"], "--question-kind-weight must be 0 (off) or positive"),
+        (["--legacy-share", "1.5"], "--legacy-share must be a share between 0 and 1"),
+        (["--tower-marked-share", "-0.1"], "--tower-marked-share must be a share between 0 and 1"),
     ],
 )
 def test_train_demo_rejects_out_of_range_recipe_flags(monkeypatch, capsys, flags, message):

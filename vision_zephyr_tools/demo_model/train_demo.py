@@ -1,10 +1,11 @@
 """Train the tiny demo Vision-Zephyr on the shapes task (demo_task.py) on CPU and save it as a checkpoint.
 
 Every batch is generated fresh from a seeded generator and goes through the same code path as users' inputs: the
-processor draws the visual prompt (any type, any named colour), tiles the image (anyres) and expands `<image>`; the prompt is the chat template
-with the question; the loss is the model's own `labels` loss on the answer word and `</s>` only, plus an auxiliary
-loss on the marked shape read from the Q-Former's tokens by a throw-away head. A stage 0 first teaches the vision
-tower shapes and colours on its own (`pretrain_tower`), as the real model starts from a pre-trained CLIP.
+processor draws the visual prompt (any type, any named colour), tiles the image (anyres) and expands `<image>`; the
+prompt is the chat template with the question; the loss is the model's own `labels` loss on the answer word and `</s>`
+only, plus an auxiliary loss on the marked shape read from the Q-Former's tokens by a throw-away head. A stage 0 first
+teaches the vision tower shapes and colours on its own (`pretrain_tower`), as the real model starts from a pre-trained
+CLIP.
 
     vision-zephyr train-demo --output-dir /tmp/demo-run
     vision-zephyr train-demo --output-dir /tmp/demo-run --export /tmp/demo-export   # resumes, then exports
@@ -234,6 +235,7 @@ def training_batch(
     single_shape_floor: float,
     salience_steps: int,
     task: str = "broad",
+    legacy_share: float = 0.0,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """The batch of `step`, its marked shapes' `(kind, colour)` indices and the `QUESTION_KINDS` index of each
     question (chat by chat, turn by turn): its own generator, so a resumed run sees the same data as an uninterrupted
@@ -246,6 +248,8 @@ def training_batch(
     Prompts: drawn opaque and three times as thick at step 0, reaching the processor's defaults (alpha 0.5, scaled
     1-7 px lines) at `salience_steps`; the defaults' half-transparent thin lines are a faint signal for a tower trained
     from scratch.
+
+    With `legacy_share`, that share of a broad run's cases are the legacy task's (red prompts, its two questions).
     """
     rng = random.Random(f"{seed}-{step}")
     single_shape_share = max(single_shape_floor, fading_share(step, curriculum_steps))
@@ -253,7 +257,7 @@ def training_batch(
     examples, marked, question_kinds = [], [], []
     for _ in range(batch_size):
         scene = SINGLE_SHAPE if rng.random() < single_shape_share else SHAPES_PER_IMAGE
-        case = make_case(rng, scene, task=task)
+        case = make_case(rng, scene, task=case_task(rng, task, legacy_share))
         prompt = salient_prompt(case.visual_prompt, case.image.size, salience)
         follow_ups = [other_question(rng, case)] if rng.random() < TWO_QUESTION_SHARE else []
         examples.append({"messages": training_chat(case, prompt, follow_ups)})
@@ -261,6 +265,12 @@ def training_batch(
         answers = [case.answer] + [answer for _, answer in follow_ups]
         question_kinds += [QUESTION_KINDS.index(question_kind_of(answer)) for answer in answers]
     return collator(examples), torch.tensor(marked), torch.tensor(question_kinds)
+
+
+def case_task(rng: random.Random, task: str, legacy_share: float) -> str:
+    """The task of one training case: `task`, or the legacy task with probability `legacy_share` (only drawn when
+    positive, so runs without it keep their random draws)."""
+    return "legacy" if legacy_share and rng.random() < legacy_share else task
 
 
 class TrainingBatches(torch.utils.data.Dataset):
@@ -276,9 +286,10 @@ class TrainingBatches(torch.utils.data.Dataset):
         single_shape_floor: float,
         salience_steps: int,
         task: str = "broad",
+        legacy_share: float = 0.0,
     ):
         self.collator, self.seed, self.steps = collator, seed, steps
-        self.options = (batch_size, curriculum_steps, single_shape_floor, salience_steps, task)
+        self.options = (batch_size, curriculum_steps, single_shape_floor, salience_steps, task, legacy_share)
 
     def __len__(self) -> int:
         return self.steps
@@ -334,7 +345,14 @@ def salient_prompt(prompt: dict, image_size: tuple[int, int], salience: float) -
 
 
 def pretrain_tower(
-    model, processor, output_dir: Path, steps: int, batch_size: int, seed: int, task: str = "broad"
+    model,
+    processor,
+    output_dir: Path,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    task: str = "broad",
+    marked_share: float = 0.0,
 ) -> None:
     """Stage 0: the vision tower learns shape and colour with throw-away heads, before the whole model trains.
 
@@ -343,8 +361,9 @@ def pretrain_tower(
     although on its own, with an attention-pooling query and a linear head on its fused features, it learns them in a
     few hundred steps. So it first does that on single-shape scenes' base views (prompt drawn, as the model sees them),
     for the shape and, with a second query and head, the colour: trained on shape alone it lost the colour that the
-    end-to-end model finds the red prompt by. The heads are then discarded. The tower's state is saved to
-    `output_dir/tower.pt`, which a resumed run reuses.
+    end-to-end model finds the red prompt by. With `marked_share`, that share of the images are the task's scenes of
+    several shapes, labelled with the marked one: the tower also learns to find the prompt. The heads are then
+    discarded. The tower's state is saved to `output_dir/tower.pt`, which a resumed run reuses.
     """
     tower_path = output_dir / "tower.pt"
     tower = model.model.vision_tower
@@ -356,7 +375,7 @@ def pretrain_tower(
     optimizer = torch.optim.AdamW(parameters, lr=2e-3, weight_decay=0.01, betas=(0.9, 0.98))
     fuse = sys.modules[type(model).__module__].fuse_vision_layers
     layers = model.config.vision_feature_layers
-    batches = prefetched(BaseViewBatches(processor.image_processor, seed, steps, batch_size, task))
+    batches = prefetched(BaseViewBatches(processor.image_processor, seed, steps, batch_size, task, marked_share))
     progress = tqdm(batches, total=steps, desc="stage 0: tower", unit="step")
     for tiles, attributes in progress:
         hidden_states = tower(tiles, output_hidden_states=True).hidden_states
@@ -370,30 +389,44 @@ def pretrain_tower(
 
 
 class BaseViewBatches(torch.utils.data.IterableDataset):
-    """Stage 0's batches: single-shape scenes with their prompt drawn, as base-view tiles `(batch, 3, H, W)`, and
-    their `(kind, colour)` indices; one generator for the whole stage, so read by one worker only.
+    """Stage 0's batches: single-shape scenes (and a `marked_share` of the task's scenes) with their prompt drawn, as
+    base-view tiles `(batch, 3, H, W)`, and their marked shape's `(kind, colour)` indices; one generator for the
+    whole stage, so read by one worker only.
 
     Drawing and tiling cost more than the tower's step on 32 tiles: `prefetched` draws them ahead. Only the base view
     is used, so the images are tiled on a one-tile grid: the base view is the same (the image squashed to one tile),
     the grid's resize is the smallest there is.
     """
 
-    def __init__(self, image_processor, seed: int, steps: int, batch_size: int, task: str = "broad"):
+    def __init__(
+        self,
+        image_processor,
+        seed: int,
+        steps: int,
+        batch_size: int,
+        task: str = "broad",
+        marked_share: float = 0.0,
+    ):
         tile_size = image_processor.tile_size
         self.image_processor = copy.deepcopy(image_processor)
         self.image_processor.image_grid_pinpoints = [[tile_size, tile_size]]
         self.seed, self.steps, self.batch_size, self.task = seed, steps, batch_size, task
+        self.marked_share = marked_share
 
     def __iter__(self):
         rng = random.Random(f"{self.seed}-tower")
         for _ in range(self.steps):
-            cases = [make_case(rng, SINGLE_SHAPE, task=self.task) for _ in range(self.batch_size)]
+            cases = [make_case(rng, self.scene(rng), task=self.task) for _ in range(self.batch_size)]
             tiles = self.image_processor(
                 [case.image for case in cases],
                 visual_prompts=[[case.visual_prompt] for case in cases],
                 return_tensors="pt",
             )["pixel_values"][:, 0]
             yield tiles, torch.tensor([attribute_indices(case) for case in cases])
+
+    def scene(self, rng: random.Random) -> tuple[int, int]:
+        """How many shapes the next scene has (a draw only when `marked_share` is positive, as in `case_task`)."""
+        return SHAPES_PER_IMAGE if self.marked_share and rng.random() < self.marked_share else SINGLE_SHAPE
 
 
 class AttributeProbeHead(torch.nn.Module):
@@ -484,6 +517,7 @@ def train(
     auxiliary_weight: float,
     task: str = "broad",
     question_kind_weight: float = 0.0,
+    legacy_share: float = 0.0,
 ) -> None:
     """AdamW with linear warm-up and cosine decay; resumes from `output_dir/state.pt` when it exists.
 
@@ -523,7 +557,15 @@ def train(
     log_path = output_dir / "log.tsv"
     started = time.monotonic()
     batches = TrainingBatches(
-        ChatCollator(processor), seed, steps, batch_size, curriculum_steps, single_shape_floor, salience_steps, task
+        ChatCollator(processor),
+        seed,
+        steps,
+        batch_size,
+        curriculum_steps,
+        single_shape_floor,
+        salience_steps,
+        task,
+        legacy_share,
     )
     remaining = prefetched(torch.utils.data.Subset(batches, range(start_step, steps)))
     progress = tqdm(remaining, initial=start_step, total=steps, desc="training", unit="step")
@@ -647,6 +689,15 @@ def parse_args() -> argparse.Namespace:
         default=0.0,
         help="weight of the auxiliary loss on each question's kind read from the language model's state",
     )
+    parser.add_argument(
+        "--tower-marked-share",
+        type=float,
+        default=0.0,
+        help="stage 0: share of images that are the task's scenes of several shapes, labelled with the marked one",
+    )
+    parser.add_argument(
+        "--legacy-share", type=float, default=0.0, help="share of a broad run's training cases from the legacy task"
+    )
     parser.add_argument("--tower-batch-size", type=int, default=32, help="stage 0: images per step")
     parser.add_argument("--save-every", type=int, default=100, help="steps between resumable checkpoints")
     parser.add_argument("--eval-every", type=int, default=200, help="steps between held-out accuracy checks")
@@ -660,6 +711,9 @@ def parse_args() -> argparse.Namespace:
     for flag in ("auxiliary_weight", "question_kind_weight"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag.replace('_', '-')} must be 0 (off) or positive, got {getattr(args, flag)}")
+    for flag in ("tower_marked_share", "legacy_share"):
+        if not 0 <= getattr(args, flag) <= 1:
+            parser.error(f"--{flag.replace('_', '-')} must be a share between 0 and 1, got {getattr(args, flag)}")
     return args
 
 
@@ -673,7 +727,14 @@ def main() -> None:
     initialize_for_training(model, args.edge_filter_channels)
     if args.tower_steps and not (args.output_dir / "state.pt").exists():
         pretrain_tower(
-            model, processor, args.output_dir, args.tower_steps, args.tower_batch_size, args.seed, args.task
+            model,
+            processor,
+            args.output_dir,
+            args.tower_steps,
+            args.tower_batch_size,
+            args.seed,
+            args.task,
+            args.tower_marked_share,
         )
     rng = random.Random(args.eval_seed)
     # Half of the broad task's held-out check is asked in held-out wordings.
@@ -696,6 +757,7 @@ def main() -> None:
         args.auxiliary_weight,
         args.task,
         args.question_kind_weight,
+        args.legacy_share,
     )
     if args.export:
         export_checkpoint(model.eval(), processor, args.export)
