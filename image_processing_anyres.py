@@ -183,10 +183,8 @@ class VisionZephyrImageProcessor(BaseImageProcessor):
         image_sizes = [(image.height, image.width) for image in images]
         image_grids = [anyres_grid_shape(size, pinpoints, tile_size) for size in image_sizes]
         device = torch_device(device)
-        normalize = functools.partial(
-            normalize_levels,
-            rescale_factor=rescale_factor if do_rescale else None,
-            mean_std=(image_mean, image_std) if do_normalize else None,
+        level_values = normalized_levels(
+            rescale_factor if do_rescale else None, (image_mean, image_std) if do_normalize else None, device
         )
         max_tiles_in_batch = max(num_tiles_from_grid(grid) for grid in image_grids)
         # Zero padding on the tile axis comes for free from a zeroed buffer; tiles are normalised straight into it.
@@ -195,7 +193,7 @@ class VisionZephyrImageProcessor(BaseImageProcessor):
         )
         for image, grid, out in zip(images, image_grids, pixel_values, strict=True):
             pixels = torch.from_numpy(np.array(image)).to(device)
-            tile_image(pixels, grid, tile_size, bicubic_resize if fast_resize else lanczos_resize, normalize, out)
+            tile_image(pixels, grid, tile_size, bicubic_resize if fast_resize else lanczos_resize, level_values, out)
         data = {
             "pixel_values": pixel_values if return_tensors == "pt" else pixel_values.cpu().numpy(),
             "image_sizes": np.array(image_sizes, dtype=np.int64),
@@ -429,12 +427,12 @@ def torch_device(device: str | torch.device | None) -> torch.device:
 
 
 def tile_image(
-    pixels: torch.Tensor, grid: tuple[int, int], tile_size: int, resize, normalize, out: torch.Tensor
+    pixels: torch.Tensor, grid: tuple[int, int], tile_size: int, resize, level_values: torch.Tensor, out: torch.Tensor
 ) -> None:
     """Writes the base view and the grid tiles of an `(H, W, 3)` uint8 image, normalised, into `out`.
 
     `out` is `(tiles, 3, tile_size, tile_size)` float32; `resize` is `lanczos_resize` or `bicubic_resize`,
-    `normalize` maps float64 levels to float32 values.
+    `level_values` the `(3, 256)` table of `normalized_levels`.
     """
     height, width, _ = pixels.shape
     rows, cols = grid
@@ -443,34 +441,41 @@ def tile_image(
     # Floor sizes as the original; the original crashed when a side floored to 0 (e.g. 1x2000 images), keep 1 px.
     new_height, new_width = max(int(height * scale), 1), max(int(width * scale), 1)
     base_view, resized = resize(pixels, [(tile_size, tile_size), (new_height, new_width)])
-    out[0] = normalize(base_view).permute(2, 0, 1)
-    canvas = normalize(torch.zeros(1, 1, 3, dtype=torch.float64, device=pixels.device))
-    canvas = canvas.expand(canvas_height, canvas_width, 3).clone()
+    # The original pads the resized image with black (level 0) to fill the canvas.
+    canvas = torch.zeros(canvas_height, canvas_width, 3, dtype=torch.uint8, device=pixels.device)
     top, left = (canvas_height - new_height) // 2, (canvas_width - new_width) // 2
-    canvas[top : top + new_height, left : left + new_width] = normalize(resized)
-    tiles = canvas.view(rows, tile_size, cols, tile_size, 3).permute(0, 2, 4, 1, 3)
-    out[1 : 1 + rows * cols].view(rows, cols, 3, tile_size, tile_size).copy_(tiles)
+    canvas[top : top + new_height, left : left + new_width] = resized
+    tiles = canvas.view(rows, tile_size, cols, tile_size, 3).transpose(1, 2).flatten(0, 1)
+    for levels, tile_out in zip([base_view, *tiles], out[: 1 + rows * cols], strict=True):
+        write_normalized(levels, level_values, tile_out)
 
 
-def normalize_levels(
-    levels: torch.Tensor, rescale_factor: float | None, mean_std: tuple[Sequence[float], Sequence[float]] | None
+def normalized_levels(
+    rescale_factor: float | None, mean_std: tuple[Sequence[float], Sequence[float]] | None, device: torch.device
 ) -> torch.Tensor:
-    """`(..., 3)` float64 levels to float32 with the original's arithmetic (transformers' CLIP image processor):
-    rescale in float64, cast to float32, then `(x - mean) / std` in float32."""
+    """`(3, 256)` float32: the value of each 8-bit level in each channel, with the original's arithmetic
+    (transformers' CLIP image processor): rescale in float64, cast to float32, then `(x - mean) / std` in float32.
+
+    Every output value is one of these 768, so normalising is a table lookup with the same bits."""
+    levels = torch.arange(256, dtype=torch.float64, device=device).expand(3, 256)
     values = (levels * rescale_factor if rescale_factor is not None else levels).to(torch.float32)
     if mean_std is None:
         return values
-    mean, std = (torch.tensor(stat, dtype=torch.float32, device=levels.device) for stat in mean_std)
+    mean, std = (torch.tensor(stat, dtype=torch.float32, device=device)[:, None] for stat in mean_std)
     return (values - mean) / std
+
+
+def write_normalized(levels: torch.Tensor, level_values: torch.Tensor, out: torch.Tensor) -> None:
+    """Writes `(H, W, 3)` uint8 `levels` as `(3, H, W)` values of the `(3, 256)` table `level_values` into `out`."""
+    for channel, values in enumerate(level_values):
+        torch.index_select(values, 0, levels[..., channel].flatten().to(torch.int32), out=out[channel].view(-1))
 
 
 def bicubic_resize(pixels: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
     """Torch's antialiased bicubic on uint8 (see `fast_resize`), in `lanczos_resize`'s form."""
     channels_first = pixels.permute(2, 0, 1).unsqueeze(0)  # channels-last memory, the layout of torch's SIMD path
     return [
-        torch.nn.functional.interpolate(channels_first, size=size, mode="bicubic", antialias=True)[0]
-        .permute(1, 2, 0)
-        .to(torch.float64)
+        torch.nn.functional.interpolate(channels_first, size=size, mode="bicubic", antialias=True)[0].permute(1, 2, 0)
         for size in sizes
     ]
 
@@ -500,7 +505,7 @@ def lanczos_resize(pixels: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> li
         sizes (`Sequence[tuple[int, int]]`): output sizes; resizes of one image share the reading of its pixels.
 
     Returns:
-        `list[torch.Tensor]`: per size, `(height, width, C)` float64 holding integer levels 0..255.
+        `list[torch.Tensor]`: per size, `(height, width, C)` uint8.
     """
     height, width, channels = pixels.shape
     row_plans = [axis_plan(height, out_height, pixels.device) for out_height, _ in sizes]
@@ -573,19 +578,20 @@ class AxisPlan:
         return self.pad_before + self.in_size + self.pad_after
 
     def apply(self, padded: torch.Tensor) -> torch.Tensor:
-        """`(padded_length or more, N)` levels (uint8 or float64) -> `(out_size, N)` float64, resized along the leading
-        axis."""
+        """`(padded_length or more, N)` levels (uint8, or float64 holding integers) -> `(out_size, N)` uint8, resized
+        along the leading axis."""
         if self.weights is None:
-            return padded[self.pad_before : self.pad_before + self.in_size].to(torch.float64)
+            return padded[self.pad_before : self.pad_before + self.in_size].to(torch.uint8)
         start = self.pad_before + self.offset
         windows = padded[start : start + (len(self.weights) - 1) * self.step + self.span]
-        out = torch.empty(self.out_size, padded.shape[1], dtype=torch.float64, device=padded.device)
+        out = torch.empty(self.out_size, padded.shape[1], dtype=torch.uint8, device=padded.device)
         columns = CPU_COLUMNS_PER_CALL if padded.device.type == "cpu" else padded.shape[1]
         for left in range(0, padded.shape[1], columns):
             levels = windows[:, left : left + columns].to(torch.float64)
             blocks = levels.unfold(0, self.span, self.step).transpose(1, 2)
             sums = torch.bmm(self.weights, blocks).flatten(0, 1)[: self.out_size]
-            out[:, left : left + columns] = sums.add_(0.5).floor_().clamp_(0, 255)
+            # Rounds half up as Pillow: the cast to uint8 truncates, which is the floor once clamped to 0..255.
+            out[:, left : left + columns] = sums.add_(0.5).clamp_(0, 255)
         return out
 
 
