@@ -268,9 +268,14 @@ def training_batch(
 
 
 def case_task(rng: random.Random, task: str, legacy_share: float) -> str:
-    """The task of one training case: `task`, or the legacy task with probability `legacy_share` (only drawn when
-    positive, so runs without it keep their random draws)."""
-    return "legacy" if legacy_share and rng.random() < legacy_share else task
+    """The task of one training case: `task`, or the legacy task with probability `legacy_share`."""
+    return "legacy" if drawn_with_share(rng, legacy_share) else task
+
+
+def drawn_with_share(rng: random.Random, share: float) -> bool:
+    """True with probability `share`; draws from `rng` only when `share` is positive, so recipes without the share
+    keep their random draws."""
+    return share > 0 and rng.random() < share
 
 
 class TrainingBatches(torch.utils.data.Dataset):
@@ -425,8 +430,8 @@ class BaseViewBatches(torch.utils.data.IterableDataset):
             yield tiles, torch.tensor([attribute_indices(case) for case in cases])
 
     def scene(self, rng: random.Random) -> tuple[int, int]:
-        """How many shapes the next scene has (a draw only when `marked_share` is positive, as in `case_task`)."""
-        return SHAPES_PER_IMAGE if self.marked_share and rng.random() < self.marked_share else SINGLE_SHAPE
+        """How many shapes the next scene has: the task's several with probability `marked_share`."""
+        return SHAPES_PER_IMAGE if drawn_with_share(rng, self.marked_share) else SINGLE_SHAPE
 
 
 class AttributeProbeHead(torch.nn.Module):
