@@ -8,12 +8,13 @@ import math
 import random
 import re
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, load_script
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from vision_zephyr_tools.demo_model import demo_task, train_demo
 from vision_zephyr_tools.demo_model.demo_task import (
@@ -445,6 +446,15 @@ def test_marked_shape_loss_reads_each_image_from_its_own_tiles():
         (["--question-kind-weight", "-1"], "--question-kind-weight must be 0 (off) or positive"),
         (["--legacy-share", "1.5"], "--legacy-share must be a share between 0 and 1"),
         (["--tower-marked-share", "-0.1"], "--tower-marked-share must be a share between 0 and 1"),
+        (["--prompt-type-weight", "arrow"], "expected TYPE=WEIGHT with TYPE one of box, ellipse"),
+        (["--prompt-type-weight", "arrow=x"], "got 'arrow=x'"),
+        (["--prompt-type-weight", "blob=2"], "got 'blob=2'"),
+        (["--prompt-type-weight", "scribble=-1"], "finite number >= 0, got 'scribble=-1'"),
+        (["--prompt-type-weight", "scribble=inf"], "finite number >= 0, got 'scribble=inf'"),
+        (
+            [flag for prompt_type in demo_task.PROMPT_TYPES for flag in ("--prompt-type-weight", f"{prompt_type}=0")],
+            "at least one prompt type needs a weight above 0",
+        ),
     ],
 )
 def test_train_demo_rejects_out_of_range_recipe_flags(monkeypatch, capsys, flags, message):
@@ -452,6 +462,54 @@ def test_train_demo_rejects_out_of_range_recipe_flags(monkeypatch, capsys, flags
     with pytest.raises(SystemExit):
         train_demo.parse_args()
     assert message in capsys.readouterr().err
+
+
+def test_prompt_type_weights_are_parsed_per_type(monkeypatch):
+    flags = ["--prompt-type-weight", "arrow=2.5", "--prompt-type-weight", "scribble=2"]
+    monkeypatch.setattr(sys, "argv", ["train_demo.py", *flags])
+    assert train_demo.parse_args().prompt_type_weights == {"arrow": 2.5, "scribble": 2.0}
+    monkeypatch.setattr(sys, "argv", ["train_demo.py"])
+    assert train_demo.parse_args().prompt_type_weights is None
+
+
+def test_prompt_type_weights_draw_the_broad_tasks_prompt_types_unevenly():
+    rng = random.Random(7)
+    only_arrows = dict.fromkeys(demo_task.PROMPT_TYPES, 0.0) | {"arrow": 1.0}
+    assert {make_case(rng, prompt_type_weights=only_arrows).prompt_type for _ in range(20)} == {"arrow"}
+    # Arrow 3 and scribble 0 against 1 for the other six: arrows 3/9 of the draws, never a scribble.
+    weights = {"arrow": 3.0, "scribble": 0.0}
+    counts = Counter(demo_task.prompt_type_from(rng, weights) for _ in range(9000))
+    assert "scribble" not in counts
+    assert abs(counts["arrow"] / 9000 - 3 / 9) < 0.02
+    assert all(abs(counts[prompt_type] / 9000 - 1 / 9) < 0.015 for prompt_type in ("box", "mask", "point"))
+
+
+def test_stage_0_draws_its_marked_scenes_prompt_types_by_the_weights():
+    image_processor = train_demo.demo_processor().image_processor
+    only_points = dict.fromkeys(demo_task.PROMPT_TYPES, 0.0) | {"point": 1.0}
+    batches = train_demo.BaseViewBatches(image_processor, 0, 1, 4, "broad", 1.0, only_points)
+    drawn = []
+    original = image_processor.__class__.__call__
+
+    def recording(self, images, visual_prompts=None, **kwargs):
+        drawn.extend(prompt["type"] for prompts in visual_prompts for prompt in prompts)
+        return original(self, images, visual_prompts=visual_prompts, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(image_processor.__class__, "__call__", recording)
+        next(iter(batches))
+    assert drawn == ["point"] * 4
+
+
+@pytest.mark.parametrize("grow", [1, 3, 6])
+def test_mask_dilation_matches_pils_max_filter(grow):
+    rng = np.random.default_rng(grow)
+    for _ in range(20):
+        height, width = (int(side) for side in rng.integers(1, 80, 2))
+        mask = rng.random((height, width)) < rng.uniform(0.0, 0.1)
+        expected = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * grow + 1)))
+        np.testing.assert_array_equal(demo_task.dilated(mask, grow), expected > 0)
+        np.testing.assert_array_equal(demo_task.dilated(mask, 0), mask)
 
 
 def test_the_documented_demo_task_command_makes_the_readme_example():

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from vision_zephyr_tools.remote_code import load_repo_module
 
@@ -439,12 +439,24 @@ def _triangle_prompt(rng: random.Random, target: Shape, shapes, image_size) -> d
 
 
 def _silhouette(target: Shape, image_size, grow: int) -> np.ndarray:
-    """`target`'s filled outline as an H×W bool mask, dilated by `grow` pixels."""
+    """`target`'s filled outline as an H×W bool mask, dilated by `grow` pixels (a square window, as PIL's
+    `MaxFilter(2 * grow + 1)`, whose full-image pass cost a quarter of a training batch's drawing)."""
     canvas = Image.new("L", image_size, 0)
     target.draw(ImageDraw.Draw(canvas), fill=255)
-    if grow:
-        canvas = canvas.filter(ImageFilter.MaxFilter(2 * grow + 1))
-    return np.asarray(canvas) > 0
+    return dilated(np.asarray(canvas) > 0, grow)
+
+
+def dilated(mask: np.ndarray, grow: int) -> np.ndarray:
+    """`mask` grown by `grow` pixels in a square window: a running maximum along each axis in turn."""
+    for axis in (0, 1):
+        grown = mask.copy()
+        moving = np.moveaxis(grown, axis, 0)
+        source = np.moveaxis(mask, axis, 0)
+        for shift in range(1, grow + 1):
+            moving[shift:] |= source[:-shift]
+            moving[:-shift] |= source[shift:]
+        mask = grown
+    return mask
 
 
 def question_for(rng: random.Random, question_kind: str, visual_prompt: dict, wording: str = "training") -> str:
@@ -496,9 +508,12 @@ def make_case(
     size_fractions: tuple[float, float] = SHAPE_SIZE_FRACTIONS,
     task: str = "broad",
     held_out_share: float = 0.0,
+    prompt_type_weights: dict[str, float] | None = None,
 ) -> DemoCase:
     """One fresh case of `task` drawn from `rng`: scene, marked shape, prompt type and colour, question kind all
     uniform; the question in a held-out wording with probability `held_out_share` (broad task only).
+    `prompt_type_weights` (type -> relative weight, 1 for types it leaves out) draws the broad task's prompt types
+    unevenly, for training only.
 
     `shapes_per_image` and `size_fractions` other than the task's (2-4 shapes, 15-30 % of the shorter side) are only
     for training curricula and experiments (e.g. single-shape warm-up scenes, big shapes).
@@ -509,7 +524,7 @@ def make_case(
         return _legacy_case(rng, shapes_per_image, size_fractions)
     while True:
         width, height = rng.randint(*CANVAS_SIDES), rng.randint(*CANVAS_SIDES)
-        prompt_type, prompt_color = rng.choice(PROMPT_TYPES), rng.choice(PROMPT_COLORS)
+        prompt_type, prompt_color = prompt_type_from(rng, prompt_type_weights), rng.choice(PROMPT_COLORS)
         colors = shape_colors_beside(prompt_color)
         shapes = sample_shapes(rng, width, height, shapes_per_image, size_fractions, colors)
         target = rng.choice(shapes)
@@ -529,6 +544,13 @@ def make_case(
         answer=answer_for(target, question_kind),
         wording=wording,
     )
+
+
+def prompt_type_from(rng: random.Random, weights: dict[str, float] | None) -> str:
+    """A prompt type drawn by `weights` (uniform without them, with the draw recipes without weights always made)."""
+    if weights is None:
+        return rng.choice(PROMPT_TYPES)
+    return rng.choices(PROMPT_TYPES, [weights.get(prompt_type, 1.0) for prompt_type in PROMPT_TYPES])[0]
 
 
 def _legacy_case(

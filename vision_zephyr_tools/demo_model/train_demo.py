@@ -36,6 +36,7 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from vision_zephyr_tools.demo_model.demo_task import (
+    PROMPT_TYPES,
     QUESTION_KINDS,
     SHAPE_COLORS,
     SHAPE_KINDS,
@@ -213,17 +214,19 @@ def encode_cases(processor, cases: list[DemoCase]) -> dict[str, torch.Tensor]:
 
 
 def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The model's own `labels` loss, with logits only from the first answer token on.
+    """The mean next-token cross-entropy over the labelled (answer) tokens, with the model's own head applied only at
+    the positions that predict them.
 
-    The full-vocabulary head over every prompt position would cost more than the rest of the model together; the
-    labels' next-token targets are sliced to the same last positions and given to the loss as `shift_labels`.
-    `labels` itself is still passed whole, so the Q-Former's text conditioning keeps hiding the answers.
+    The full-vocabulary head and its log-softmax over every position from the first answer on cost more than the rest
+    of a step (~0.35 of ~0.95 s, BENCHMARKS.md); only a few tokens per chat are labelled. `labels` still goes to the
+    model, so the Q-Former's text conditioning keeps hiding the answers.
     """
     labels = batch["labels"]
-    first_answer = int((labels != IGNORE_INDEX).int().argmax(-1).min())
-    kept = labels.shape[1] - first_answer + 1
-    shift_labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-    return model(**batch, logits_to_keep=kept, shift_labels=shift_labels[:, -kept:].contiguous()).loss
+    hidden_states = model.model(**batch).last_hidden_state
+    targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+    predicting = targets != IGNORE_INDEX
+    logits = model.lm_head(hidden_states[predicting])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[predicting])
 
 
 def training_batch(
@@ -236,6 +239,7 @@ def training_batch(
     salience_steps: int,
     task: str = "broad",
     legacy_share: float = 0.0,
+    prompt_type_weights: dict[str, float] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """The batch of `step`, its marked shapes' `(kind, colour)` indices and the `QUESTION_KINDS` index of each
     question (chat by chat, turn by turn): its own generator, so a resumed run sees the same data as an uninterrupted
@@ -249,7 +253,8 @@ def training_batch(
     1-7 px lines) at `salience_steps`; the defaults' half-transparent thin lines are a faint signal for a tower trained
     from scratch.
 
-    With `legacy_share`, that share of a broad run's cases are the legacy task's (red prompts, its two questions).
+    With `legacy_share`, that share of a broad run's cases are the legacy task's (red prompts, its two questions);
+    `prompt_type_weights` draws the broad task's prompt types unevenly (`make_case`).
     """
     rng = random.Random(f"{seed}-{step}")
     single_shape_share = max(single_shape_floor, fading_share(step, curriculum_steps))
@@ -257,7 +262,7 @@ def training_batch(
     examples, marked, question_kinds = [], [], []
     for _ in range(batch_size):
         scene = SINGLE_SHAPE if rng.random() < single_shape_share else SHAPES_PER_IMAGE
-        case = make_case(rng, scene, task=case_task(rng, task, legacy_share))
+        case = make_case(rng, scene, task=case_task(rng, task, legacy_share), prompt_type_weights=prompt_type_weights)
         prompt = salient_prompt(case.visual_prompt, case.image.size, salience)
         follow_ups = [other_question(rng, case)] if rng.random() < TWO_QUESTION_SHARE else []
         examples.append({"messages": training_chat(case, prompt, follow_ups)})
@@ -292,9 +297,18 @@ class TrainingBatches(torch.utils.data.Dataset):
         salience_steps: int,
         task: str = "broad",
         legacy_share: float = 0.0,
+        prompt_type_weights: dict[str, float] | None = None,
     ):
         self.collator, self.seed, self.steps = collator, seed, steps
-        self.options = (batch_size, curriculum_steps, single_shape_floor, salience_steps, task, legacy_share)
+        self.options = (
+            batch_size,
+            curriculum_steps,
+            single_shape_floor,
+            salience_steps,
+            task,
+            legacy_share,
+            prompt_type_weights,
+        )
 
     def __len__(self) -> int:
         return self.steps
@@ -358,6 +372,7 @@ def pretrain_tower(
     seed: int,
     task: str = "broad",
     marked_share: float = 0.0,
+    prompt_type_weights: dict[str, float] | None = None,
 ) -> None:
     """Stage 0: the vision tower learns shape and colour with throw-away heads, before the whole model trains.
 
@@ -367,7 +382,8 @@ def pretrain_tower(
     few hundred steps. So it first does that on single-shape scenes' base views (prompt drawn, as the model sees them),
     for the shape and, with a second query and head, the colour: trained on shape alone it lost the colour that the
     end-to-end model finds the red prompt by. With `marked_share`, that share of the images are the task's scenes of
-    several shapes, labelled with the marked one: the tower also learns to find the prompt. The heads are then
+    several shapes, labelled with the marked one: the tower also learns to find the prompt (its prompt types drawn
+    by `prompt_type_weights`, as in stage 1). The heads are then
     discarded. The tower's state is saved to `output_dir/tower.pt`, which a resumed run reuses.
     """
     tower_path = output_dir / "tower.pt"
@@ -380,7 +396,9 @@ def pretrain_tower(
     optimizer = torch.optim.AdamW(parameters, lr=2e-3, weight_decay=0.01, betas=(0.9, 0.98))
     fuse = sys.modules[type(model).__module__].fuse_vision_layers
     layers = model.config.vision_feature_layers
-    batches = prefetched(BaseViewBatches(processor.image_processor, seed, steps, batch_size, task, marked_share))
+    batches = prefetched(
+        BaseViewBatches(processor.image_processor, seed, steps, batch_size, task, marked_share, prompt_type_weights)
+    )
     progress = tqdm(batches, total=steps, desc="stage 0: tower", unit="step")
     for tiles, attributes in progress:
         hidden_states = tower(tiles, output_hidden_states=True).hidden_states
@@ -411,17 +429,21 @@ class BaseViewBatches(torch.utils.data.IterableDataset):
         batch_size: int,
         task: str = "broad",
         marked_share: float = 0.0,
+        prompt_type_weights: dict[str, float] | None = None,
     ):
         tile_size = image_processor.tile_size
         self.image_processor = copy.deepcopy(image_processor)
         self.image_processor.image_grid_pinpoints = [[tile_size, tile_size]]
         self.seed, self.steps, self.batch_size, self.task = seed, steps, batch_size, task
-        self.marked_share = marked_share
+        self.marked_share, self.prompt_type_weights = marked_share, prompt_type_weights
 
     def __iter__(self):
         rng = random.Random(f"{self.seed}-tower")
         for _ in range(self.steps):
-            cases = [make_case(rng, self.scene(rng), task=self.task) for _ in range(self.batch_size)]
+            cases = [
+                make_case(rng, self.scene(rng), task=self.task, prompt_type_weights=self.prompt_type_weights)
+                for _ in range(self.batch_size)
+            ]
             tiles = self.image_processor(
                 [case.image for case in cases],
                 visual_prompts=[[case.visual_prompt] for case in cases],
@@ -523,6 +545,7 @@ def train(
     task: str = "broad",
     question_kind_weight: float = 0.0,
     legacy_share: float = 0.0,
+    prompt_type_weights: dict[str, float] | None = None,
 ) -> None:
     """AdamW with linear warm-up and cosine decay; resumes from `output_dir/state.pt` when it exists.
 
@@ -571,6 +594,7 @@ def train(
         salience_steps,
         task,
         legacy_share,
+        prompt_type_weights,
     )
     remaining = prefetched(torch.utils.data.Subset(batches, range(start_step, steps)))
     progress = tqdm(remaining, initial=start_step, total=steps, desc="training", unit="step")
@@ -703,6 +727,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--legacy-share", type=float, default=0.0, help="share of a broad run's training cases from the legacy task"
     )
+    parser.add_argument(
+        "--prompt-type-weight",
+        action="append",
+        default=[],
+        metavar="TYPE=WEIGHT",
+        help="draw the broad task's prompts of TYPE with this relative weight in training (others 1); repeatable",
+    )
     parser.add_argument("--tower-batch-size", type=int, default=32, help="stage 0: images per step")
     parser.add_argument("--save-every", type=int, default=100, help="steps between resumable checkpoints")
     parser.add_argument("--eval-every", type=int, default=200, help="steps between held-out accuracy checks")
@@ -719,7 +750,27 @@ def parse_args() -> argparse.Namespace:
     for flag in ("tower_marked_share", "legacy_share"):
         if not 0 <= getattr(args, flag) <= 1:
             parser.error(f"--{flag.replace('_', '-')} must be a share between 0 and 1, got {getattr(args, flag)}")
+    args.prompt_type_weights = parsed_prompt_type_weights(parser, args.prompt_type_weight)
     return args
+
+
+def parsed_prompt_type_weights(parser: argparse.ArgumentParser, values: list[str]) -> dict[str, float] | None:
+    """`--prompt-type-weight TYPE=WEIGHT` values as a dict (`None` when none is given)."""
+    weights = {}
+    for value in values:
+        prompt_type, _, weight = value.partition("=")
+        try:
+            weights[prompt_type] = float(weight)
+        except ValueError:
+            weights[prompt_type] = math.nan
+        if prompt_type not in PROMPT_TYPES or not 0 <= weights[prompt_type] < math.inf:
+            parser.error(
+                f"--prompt-type-weight: expected TYPE=WEIGHT with TYPE one of {', '.join(PROMPT_TYPES)} and WEIGHT a "
+                f"finite number >= 0, got {value!r}"
+            )
+    if weights and not any(weights.get(prompt_type, 1.0) for prompt_type in PROMPT_TYPES):
+        parser.error("--prompt-type-weight: at least one prompt type needs a weight above 0")
+    return weights or None
 
 
 def main() -> None:
@@ -740,6 +791,7 @@ def main() -> None:
             args.seed,
             args.task,
             args.tower_marked_share,
+            args.prompt_type_weights,
         )
     rng = random.Random(args.eval_seed)
     # Half of the broad task's held-out check is asked in held-out wordings.
@@ -763,6 +815,7 @@ def main() -> None:
         args.task,
         args.question_kind_weight,
         args.legacy_share,
+        args.prompt_type_weights,
     )
     if args.export:
         export_checkpoint(model.eval(), processor, args.export)
