@@ -464,6 +464,19 @@ def test_train_demo_rejects_out_of_range_recipe_flags(monkeypatch, capsys, flags
     assert message in capsys.readouterr().err
 
 
+def test_answer_loss_is_the_models_own_labels_loss():
+    # The model's own loss computes logits at every position; answer_loss only where labelled tokens are predicted.
+    torch.manual_seed(0)
+    model = train_demo.load_repo_class("VisionZephyrForConditionalGeneration")(train_demo.demo_config())
+    collator = train_demo.ChatCollator(train_demo.demo_processor())
+    batch, _, _ = train_demo.training_batch(collator, 0, 2000, 3, 400, 0.3, 1200, "broad")
+    loss = train_demo.answer_loss(model, batch)
+    torch.testing.assert_close(loss, model(**batch).loss)
+    loss.backward()
+    assert model.lm_head.weight.grad.abs().sum() > 0
+    assert model.model.multi_modal_projector.query_tokens.grad.abs().sum() > 0
+
+
 def test_prompt_type_weights_are_parsed_per_type(monkeypatch):
     flags = ["--prompt-type-weight", "arrow=2.5", "--prompt-type-weight", "scribble=2"]
     monkeypatch.setattr(sys, "argv", ["train_demo.py", *flags])

@@ -217,8 +217,8 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The mean next-token cross-entropy over the labelled (answer) tokens, with the model's own head applied only at
     the positions that predict them.
 
-    The full-vocabulary head and its log-softmax over every position from the first answer on cost more than the rest
-    of a step (~0.35 of ~0.95 s, BENCHMARKS.md); only a few tokens per chat are labelled. `labels` still goes to the
+    The full-vocabulary head and its log-softmax over every position from the batch's first answer on took a third of
+    the model's step (BENCHMARKS.md); only a few tokens per chat are labelled. `labels` still goes to the
     model, so the Q-Former's text conditioning keeps hiding the answers.
     """
     labels = batch["labels"]
