@@ -547,7 +547,8 @@ def make_case(
 
 
 def prompt_type_from(rng: random.Random, weights: dict[str, float] | None) -> str:
-    """A prompt type drawn by `weights` (uniform without them, with the draw recipes without weights always made)."""
+    """A prompt type drawn by `weights`; without them uniform, by the same draw as before they existed, so recipes
+    without weights keep their data."""
     if weights is None:
         return rng.choice(PROMPT_TYPES)
     return rng.choices(PROMPT_TYPES, [weights.get(prompt_type, 1.0) for prompt_type in PROMPT_TYPES])[0]

@@ -218,8 +218,8 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     the positions that predict them.
 
     The full-vocabulary head and its log-softmax over every position from the batch's first answer on took a third of
-    the model's step (BENCHMARKS.md); only a few tokens per chat are labelled. `labels` still goes to the
-    model, so the Q-Former's text conditioning keeps hiding the answers.
+    the model's step (BENCHMARKS.md); only a few tokens per chat are labelled. `labels` still goes to the model, so
+    the Q-Former's text conditioning keeps hiding the answers.
     """
     labels = batch["labels"]
     hidden_states = model.model(**batch).last_hidden_state
@@ -383,8 +383,8 @@ def pretrain_tower(
     for the shape and, with a second query and head, the colour: trained on shape alone it lost the colour that the
     end-to-end model finds the red prompt by. With `marked_share`, that share of the images are the task's scenes of
     several shapes, labelled with the marked one: the tower also learns to find the prompt (its prompt types drawn
-    by `prompt_type_weights`, as in stage 1). The heads are then
-    discarded. The tower's state is saved to `output_dir/tower.pt`, which a resumed run reuses.
+    by `prompt_type_weights`, as in stage 1). The heads are then discarded. The tower's state is saved to
+    `output_dir/tower.pt`, which a resumed run reuses.
     """
     tower_path = output_dir / "tower.pt"
     tower = model.model.vision_tower
