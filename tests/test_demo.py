@@ -442,6 +442,9 @@ def test_marked_shape_loss_reads_each_image_from_its_own_tiles():
     ("flags", "message"),
     [
         (["--edge-filter-channels", "65"], "--edge-filter-channels must be between 0 and 64"),
+        (["--vision-width", "80", "--edge-filter-channels", "81"], "--edge-filter-channels must be between 0 and 80"),
+        (["--vision-width", "30"], "--vision-width must be a positive multiple of 4 (the heads), got 30"),
+        (["--vision-width", "0"], "--vision-width must be a positive multiple of 4 (the heads), got 0"),
         (["--auxiliary-weight", "-0.5"], "--auxiliary-weight must be 0 (off) or positive"),
         (["--question-kind-weight", "-1"], "--question-kind-weight must be 0 (off) or positive"),
         (["--legacy-share", "1.5"], "--legacy-share must be a share between 0 and 1"),
@@ -475,6 +478,19 @@ def test_answer_loss_is_the_models_own_labels_loss():
     loss.backward()
     assert model.lm_head.weight.grad.abs().sum() > 0
     assert model.model.multi_modal_projector.query_tokens.grad.abs().sum() > 0
+
+
+def test_a_wider_tower_is_initialised_and_feeds_the_projector():
+    torch.manual_seed(0)
+    model = train_demo.load_repo_class("VisionZephyrForConditionalGeneration")(train_demo.demo_config(80))
+    train_demo.initialize_for_training(model, edge_filter_channels=32)
+    vision_config = model.config.vision_config
+    assert (vision_config.hidden_size, vision_config.intermediate_size) == (80, 320)
+    assert model.config.text_config.head_dim == 32  # the language model, what vLLM serves, is unchanged
+    collator = train_demo.ChatCollator(train_demo.demo_processor())
+    batch, _, _ = train_demo.training_batch(collator, 0, 2000, 2, 400, 0.3, 1200, "broad")
+    train_demo.answer_loss(model, batch).backward()
+    assert model.model.vision_tower.embeddings.patch_embedding.weight.grad.abs().sum() > 0
 
 
 def test_prompt_type_weights_are_parsed_per_type(monkeypatch):

@@ -106,10 +106,16 @@ PROJECTOR_CONFIG = {
 }
 
 
-def demo_config():
-    """The demo model's `VisionZephyrConfig` (with `auto_map`, so the saved folder loads as remote code)."""
+def demo_config(vision_width: int = VISION_CONFIG["hidden_size"]):
+    """The demo model's `VisionZephyrConfig` (with `auto_map`, so the saved folder loads as remote code), its vision
+    tower `vision_width` wide (MLP 4x as wide, 4 heads)."""
+    vision_config = VISION_CONFIG | {
+        "hidden_size": vision_width,
+        "intermediate_size": 4 * vision_width,
+        "projection_dim": vision_width,
+    }
     config = load_repo_class("VisionZephyrConfig")(
-        vision_config=VISION_CONFIG, text_config=TEXT_CONFIG, **PROJECTOR_CONFIG
+        vision_config=vision_config, text_config=TEXT_CONFIG, **PROJECTOR_CONFIG
     )
     config.auto_map = dict(AUTO_MAP)
     return config
@@ -734,6 +740,12 @@ def parse_args() -> argparse.Namespace:
         metavar="TYPE=WEIGHT",
         help="draw the broad task's prompts of TYPE with this relative weight in training (others 1); repeatable",
     )
+    parser.add_argument(
+        "--vision-width",
+        type=int,
+        default=VISION_CONFIG["hidden_size"],
+        help="the vision tower's width (a multiple of its 4 heads); resuming needs the width the run started with",
+    )
     parser.add_argument("--tower-batch-size", type=int, default=32, help="stage 0: images per step")
     parser.add_argument("--save-every", type=int, default=100, help="steps between resumable checkpoints")
     parser.add_argument("--eval-every", type=int, default=200, help="steps between held-out accuracy checks")
@@ -741,7 +753,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-seed", type=int, default=10_000, help="seed of the held-out cases")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
-    channels = VISION_CONFIG["hidden_size"]
+    heads = VISION_CONFIG["num_attention_heads"]
+    if args.vision_width < heads or args.vision_width % heads:
+        parser.error(f"--vision-width must be a positive multiple of {heads} (the heads), got {args.vision_width}")
+    channels = args.vision_width
     if not 0 <= args.edge_filter_channels <= channels:
         parser.error(f"--edge-filter-channels must be between 0 and {channels}, got {args.edge_filter_channels}")
     for flag in ("auxiliary_weight", "question_kind_weight"):
@@ -779,7 +794,7 @@ def main() -> None:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     processor = demo_processor()
-    model = load_repo_class("VisionZephyrForConditionalGeneration")(demo_config())
+    model = load_repo_class("VisionZephyrForConditionalGeneration")(demo_config(args.vision_width))
     initialize_for_training(model, args.edge_filter_channels)
     if args.tower_steps and not (args.output_dir / "state.pt").exists():
         pretrain_tower(
