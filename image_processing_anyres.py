@@ -16,6 +16,7 @@ do not depend on the installed Pillow and can be computed on a GPU. PIL only dec
 import functools
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -192,7 +193,7 @@ class VisionZephyrImageProcessor(BaseImageProcessor):
             (len(images), max_tiles_in_batch, 3, tile_size, tile_size), dtype=torch.float32, device=device
         )
         for image, grid, out in zip(images, image_grids, pixel_values, strict=True):
-            pixels = torch.from_numpy(np.array(image)).to(device)
+            pixels = image_levels(image).to(device)
             tile_image(pixels, grid, tile_size, bicubic_resize if fast_resize else lanczos_resize, level_values, out)
         data = {
             "pixel_values": pixel_values if return_tensors == "pt" else pixel_values.cpu().numpy(),
@@ -416,6 +417,16 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     raise ValueError(
         f"images: expected uint8, uint16, integers in [0, 255] or floats in [0, 1], got dtype {pixels.dtype}"
     )
+
+
+def image_levels(image: Image.Image) -> torch.Tensor:
+    """An RGB image's `(H, W, 3)` uint8 levels, read-only: they share PIL's bytes, where `np.array` would copy them
+    once more (10 ms of a 12-megapixel photo)."""
+    levels = np.asarray(image)
+    with warnings.catch_warnings():
+        # Only read: the resizes and the tiler never write to their input.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(levels)
 
 
 def torch_device(device: str | torch.device | None) -> torch.device:
