@@ -75,13 +75,11 @@ GRID_PINPOINTS = [
 ]
 VISION_CONFIG = {
     "model_type": "clip_vision_model",
-    "hidden_size": 64,
-    "intermediate_size": 256,
+    "hidden_size": 64,  # the default width; `demo_config` derives the MLP's and the projection's from it
     "num_hidden_layers": 4,
     "num_attention_heads": 4,
     "image_size": TILE_SIZE,
     "patch_size": 16,
-    "projection_dim": 64,
 }
 TEXT_CONFIG = {
     "model_type": "mistral",
@@ -108,7 +106,7 @@ PROJECTOR_CONFIG = {
 
 def demo_config(vision_width: int = VISION_CONFIG["hidden_size"]):
     """The demo model's `VisionZephyrConfig` (with `auto_map`, so the saved folder loads as remote code), its vision
-    tower `vision_width` wide (MLP 4x as wide, 4 heads)."""
+    tower `vision_width` wide (MLP 4x as wide)."""
     vision_config = VISION_CONFIG | {
         "hidden_size": vision_width,
         "intermediate_size": 4 * vision_width,
@@ -756,9 +754,10 @@ def parse_args() -> argparse.Namespace:
     heads = VISION_CONFIG["num_attention_heads"]
     if args.vision_width < heads or args.vision_width % heads:
         parser.error(f"--vision-width must be a positive multiple of {heads} (the heads), got {args.vision_width}")
-    channels = args.vision_width
-    if not 0 <= args.edge_filter_channels <= channels:
-        parser.error(f"--edge-filter-channels must be between 0 and {channels}, got {args.edge_filter_channels}")
+    if not 0 <= args.edge_filter_channels <= args.vision_width:
+        parser.error(
+            f"--edge-filter-channels must be between 0 and {args.vision_width}, got {args.edge_filter_channels}"
+        )
     for flag in ("auxiliary_weight", "question_kind_weight"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag.replace('_', '-')} must be 0 (off) or positive, got {getattr(args, flag)}")
