@@ -645,9 +645,9 @@ def block_layout(taps: LanczosTaps, block: int, in_size: int) -> tuple[int, int,
     num_blocks = -(-out_size // block)
     step = max(round(block * in_size / out_size), 1)
     block_starts = np.arange(num_blocks) * step
-    ends = np.pad(taps.first + taps.count, (0, num_blocks * block - out_size), mode="edge")
+    block_ends = np.maximum.reduceat(taps.first + taps.count, np.arange(0, out_size, block))
     offset = int((taps.first[::block] - block_starts).min())
-    span = int((ends.reshape(num_blocks, block).max(1) - block_starts).max()) - offset
+    span = int((block_ends - block_starts).max()) - offset
     return step, offset, span, num_blocks * block * span
 
 
@@ -673,8 +673,15 @@ def lanczos_taps(in_size: int, out_size: int) -> LanczosTaps:
 
 
 def lanczos_kernel(x: np.ndarray) -> np.ndarray:
-    """Pillow's `lanczos_filter`: sinc(x) * sinc(x / 3) on [-3, 3), zero elsewhere."""
-    return np.where((x >= -LANCZOS_SUPPORT) & (x < LANCZOS_SUPPORT), sinc(x) * sinc(x / 3), 0.0)
+    """Pillow's `lanczos_filter`: sinc(x) * sinc(x / 3) on [-3, 3), zero elsewhere.
+
+    Evaluated once per distinct value: the taps of a common ratio repeat (1920 -> 672: 500 distinct values among
+    12,096 taps), and `sinc`'s Python call per value is most of a plan's time."""
+    distinct, where = np.unique(x, return_inverse=True)
+    values = np.where(
+        (distinct >= -LANCZOS_SUPPORT) & (distinct < LANCZOS_SUPPORT), sinc(distinct) * sinc(distinct / 3), 0.0
+    )
+    return values[where].reshape(x.shape)
 
 
 def sinc(x: np.ndarray) -> np.ndarray:
