@@ -493,6 +493,18 @@ def test_a_wider_tower_is_initialised_and_feeds_the_projector():
     assert model.model.vision_tower.embeddings.patch_embedding.weight.grad.abs().sum() > 0
 
 
+def test_resuming_with_another_tower_width_stops_with_a_clear_message(tmp_path):
+    model = train_demo.load_repo_class("VisionZephyrForConditionalGeneration")(train_demo.demo_config(vision_width=64))
+    torch.save(model.model.vision_tower.state_dict(), tmp_path / "tower.pt")
+    train_demo.check_resumed_width(tmp_path, 64)
+    with pytest.raises(SystemExit, match="tower.pt is a run with --vision-width 64, not 80: resume it with"):
+        train_demo.check_resumed_width(tmp_path, 80)
+    torch.save({"model": model.state_dict()}, tmp_path / "state.pt")
+    with pytest.raises(SystemExit, match="state.pt is a run with --vision-width 64, not 80"):
+        train_demo.check_resumed_width(tmp_path, 80)
+    train_demo.check_resumed_width(tmp_path / "new-run", 80)
+
+
 def test_prompt_type_weights_are_parsed_per_type(monkeypatch):
     flags = ["--prompt-type-weight", "arrow=2.5", "--prompt-type-weight", "scribble=2"]
     monkeypatch.setattr(sys, "argv", ["train_demo.py", *flags])

@@ -660,6 +660,26 @@ def load_state(path: Path, model, heads, optimizer, scheduler) -> int:
     return state["step"]
 
 
+def check_resumed_width(output_dir: Path, vision_width: int) -> None:
+    """Stops with a clear message when `output_dir` holds a run whose vision tower has another width than
+    `vision_width`: its saved weights cannot load into this model (the width is read from the saved patch embedding).
+    """
+    saved_patch_embeddings = {
+        "state.pt": lambda state: state["model"]["model.vision_tower.embeddings.patch_embedding.weight"],
+        "tower.pt": lambda state: state["embeddings.patch_embedding.weight"],
+    }
+    for name, patch_embedding in saved_patch_embeddings.items():  # state.pt first: a resume loads it, not tower.pt
+        path = output_dir / name
+        if path.exists():
+            saved_width = len(patch_embedding(torch.load(path, weights_only=True, mmap=True)))
+            if saved_width != vision_width:
+                raise SystemExit(
+                    f"{path} is a run with --vision-width {saved_width}, not {vision_width}: resume it with "
+                    f"--vision-width {saved_width}, or start a new run in another --output-dir"
+                )
+            return
+
+
 def demo_processor():
     """The repository's processor (tokenizer, chat template) with the demo's tile size, pinpoints and query count."""
     image_processor = get_class_from_dynamic_module(IMAGE_PROCESSOR_CLASS, str(REPO_ROOT))(
@@ -742,7 +762,7 @@ def parse_args() -> argparse.Namespace:
         "--vision-width",
         type=int,
         default=VISION_CONFIG["hidden_size"],
-        help="the vision tower's width (a multiple of its 4 heads); resuming needs the width the run started with",
+        help="the vision tower's width (a multiple of its 4 heads); a resumed run keeps the width it started with",
     )
     parser.add_argument("--tower-batch-size", type=int, default=32, help="stage 0: images per step")
     parser.add_argument("--save-every", type=int, default=100, help="steps between resumable checkpoints")
@@ -791,6 +811,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    check_resumed_width(args.output_dir, args.vision_width)
     torch.manual_seed(args.seed)
     processor = demo_processor()
     model = load_repo_class("VisionZephyrForConditionalGeneration")(demo_config(args.vision_width))
