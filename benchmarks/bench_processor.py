@@ -7,6 +7,7 @@ way); medians are compared. Ours runs in the default exact mode (our LANCZOS, bi
 11.2.1) and in the opt-in `fast_resize` mode.
 
     python benchmarks/bench_processor.py --repeats 15 --batch-sizes 1 8 --threads 2 1
+    python benchmarks/bench_processor.py --repeats 7 --batch-sizes 1 --new-size-every-call   # a stream of sizes
 """
 
 import argparse
@@ -44,10 +45,28 @@ def ms_per_image(process, images: list) -> dict[str, float]:
     return {"ms": milliseconds(lambda: process(images)) / len(images)}
 
 
-def measure(candidates: dict, image_size: tuple[int, int], batch_size: int, repeats: int) -> dict[str, float]:
-    """Median ms per image of every processor on `batch_size` copies of one image, interleaved."""
-    images = [photo_like_image(*image_size)] * batch_size
-    timed = {name: functools.partial(ms_per_image, process, images) for name, process in candidates.items()}
+def ms_per_image_of_next(process, images, batch_size: int) -> dict[str, float]:
+    return ms_per_image(process, [next(images)] * batch_size)
+
+
+def measure(
+    candidates: dict, image_size: tuple[int, int], batch_size: int, repeats: int, new_sizes: bool = False
+) -> dict[str, float]:
+    """Median ms per image of every processor on `batch_size` copies of one image, interleaved.
+
+    With `new_sizes`, each call gets an image one pixel wider and taller than the previous one (the same sequence
+    for every processor), as a stream of photos of varying sizes: our resize plans (cached per size) are then
+    computed on every call."""
+    width, height = image_size
+    if new_sizes:
+        sequence = [photo_like_image(width + grow, height + grow) for grow in range(repeats + 1)]
+        timed = {
+            name: functools.partial(ms_per_image_of_next, process, iter(sequence), batch_size)
+            for name, process in candidates.items()
+        }
+    else:
+        images = [photo_like_image(width, height)] * batch_size
+        timed = {name: functools.partial(ms_per_image, process, images) for name, process in candidates.items()}
     for run in timed.values():
         run()  # warm-up
     medians = interleaved_medians(timed, repeats, f"{image_size[0]}×{image_size[1]} × {batch_size}")
@@ -59,6 +78,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per image size and processor")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="images per processor call")
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="torch thread counts to compare")
+    parser.add_argument(
+        "--new-size-every-call",
+        action="store_true",
+        help="grow the image by a pixel each call, so that no call reuses the resize plans of an earlier size",
+    )
     add_image_sizes_argument(parser)
     args = parser.parse_args()
 
@@ -69,9 +93,10 @@ def main() -> None:
     results = {}
     for threads, size, batch in tqdm(cases, desc="cases"):
         torch.set_num_threads(threads)
-        results[threads, size, batch] = measure(candidates, size, batch, args.repeats)
+        results[threads, size, batch] = measure(candidates, size, batch, args.repeats, args.new_size_every_call)
 
-    print(f"median ms per image over {args.repeats} interleaved runs")
+    sizes = ", a new image size every call" if args.new_size_every_call else ""
+    print(f"median ms per image over {args.repeats} interleaved runs{sizes}")
     header = f"{'threads':>7} | {'image':>10} | {'batch':>5} | " + " | ".join(f"{name:>26}" for name in candidates)
     print(header + " | exact × | fast ×", "-" * (len(header) + 19), sep="\n")
     for (threads, size, batch), medians in results.items():

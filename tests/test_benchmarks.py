@@ -28,6 +28,22 @@ def test_processor_benchmark_prints_every_thread_count_image_and_batch_size(monk
     assert len(rows) == 4, f"expected one row per thread count and batch size, got:\n{output}"
 
 
+def test_processor_benchmark_with_new_sizes_gives_every_call_a_new_size_and_all_processors_the_same(
+    monkeypatch, capsys
+):
+    sizes = {name: [] for name in ("ours (exact)", "ours (fast_resize)", "LlavaNextImageProcessorPil")}
+
+    def recorder(name):
+        return lambda images: sizes[name].extend(image.size for image in images)
+
+    monkeypatch.setattr(bench_processor, "processors", lambda: {name: recorder(name) for name in sizes})
+    arguments = ["--repeats", "3", "--batch-sizes", "2", "--image-sizes", "64x48", "--threads", "1"]
+    output = run_script(bench_processor, monkeypatch, capsys, *arguments, "--new-size-every-call")
+    assert "a new image size every call" in output
+    expected = [size for grow in range(4) for size in [(64 + grow, 48 + grow)] * 2]  # warm-up, then 3 timed calls
+    assert sizes == dict.fromkeys(sizes, expected)
+
+
 def test_decode_benchmark_compares_with_the_bare_mistral(monkeypatch, capsys):
     monkeypatch.setattr(bench_decode, "bench_config", tiny_config)
     output = run_script(bench_decode, monkeypatch, capsys, "--repeats", "1", "--new-tokens", "2")
