@@ -12,6 +12,8 @@ way); medians are compared. Ours runs in the default exact mode (our LANCZOS, bi
 
 import argparse
 import functools
+import itertools
+from collections.abc import Iterator
 
 import torch
 from tqdm import tqdm
@@ -41,12 +43,10 @@ def processors() -> dict:
     }
 
 
-def ms_per_image(process, images: list) -> dict[str, float]:
-    return {"ms": milliseconds(lambda: process(images)) / len(images)}
-
-
-def ms_per_image_of_next(process, images, batch_size: int) -> dict[str, float]:
-    return ms_per_image(process, [next(images)] * batch_size)
+def ms_per_image_of_next(process, images: Iterator, batch_size: int) -> dict[str, float]:
+    """Times `process` on `batch_size` copies of the next of `images`."""
+    batch = [next(images)] * batch_size
+    return {"ms": milliseconds(lambda: process(batch)) / batch_size}
 
 
 def measure(
@@ -58,15 +58,12 @@ def measure(
     for every processor), as a stream of photos of varying sizes: our resize plans (cached per size) are then
     computed on every call."""
     width, height = image_size
-    if new_sizes:
-        sequence = [photo_like_image(width + grow, height + grow) for grow in range(repeats + 1)]
-        timed = {
-            name: functools.partial(ms_per_image_of_next, process, iter(sequence), batch_size)
-            for name, process in candidates.items()
-        }
-    else:
-        images = [photo_like_image(width, height)] * batch_size
-        timed = {name: functools.partial(ms_per_image, process, images) for name, process in candidates.items()}
+    growths = range(repeats + 1) if new_sizes else [0]  # the warm-up and each timed call, or one image for all
+    sequence = [photo_like_image(width + grow, height + grow) for grow in growths]
+    timed = {
+        name: functools.partial(ms_per_image_of_next, process, itertools.cycle(sequence), batch_size)
+        for name, process in candidates.items()
+    }
     for run in timed.values():
         run()  # warm-up
     medians = interleaved_medians(timed, repeats, f"{image_size[0]}×{image_size[1]} × {batch_size}")
