@@ -330,7 +330,7 @@ def test_tower_pretraining_changes_only_the_tower_and_a_resumed_run_reuses_it(tm
 
 def test_stage_0_base_views_are_the_processors_base_views():
     image_processor = train_demo.demo_processor().image_processor
-    tiles, attributes = next(iter(train_demo.BaseViewBatches(image_processor, 0, steps=1, batch_size=6)))
+    tiles, attributes, maps = next(iter(train_demo.BaseViewBatches(image_processor, 0, steps=1, batch_size=6)))
     rng = random.Random("0-tower")
     cases = [make_case(rng, train_demo.SINGLE_SHAPE) for _ in range(6)]
     full = image_processor(
@@ -339,11 +339,13 @@ def test_stage_0_base_views_are_the_processors_base_views():
     assert full.shape[1] > 2, "the full grid should have more tiles than the one-tile grid"
     assert torch.equal(tiles, full[:, 0])
     assert attributes.tolist() == [list(train_demo.attribute_indices(case)) for case in cases]
+    assert maps is None
 
 
 def test_stage_0_marked_share_adds_scenes_of_several_shapes_labelled_with_the_marked_one():
     image_processor = train_demo.demo_processor().image_processor
-    tiles, attributes = next(iter(train_demo.BaseViewBatches(image_processor, 0, 1, 8, marked_share=0.5)))
+    batches = train_demo.BaseViewBatches(image_processor, 0, 1, 8, marked_share=0.5, patch_maps=True)
+    tiles, attributes, maps = next(iter(batches))
     rng = random.Random("0-tower")
     cases = []
     for _ in range(8):
@@ -355,6 +357,7 @@ def test_stage_0_marked_share_adds_scenes_of_several_shapes_labelled_with_the_ma
         [case.image for case in cases], visual_prompts=[[case.visual_prompt] for case in cases], return_tensors="pt"
     )["pixel_values"][:, 0]
     assert torch.equal(tiles, expected)
+    assert torch.equal(maps, train_demo.tiled_shape_maps(image_processor, cases)[0][:, 0])
 
 
 @pytest.mark.parametrize("share", [0.0, 0.3])
@@ -370,8 +373,8 @@ def test_legacy_share_mixes_legacy_cases_into_broad_batches_and_draws_nothing_wh
 def test_training_batch_attributes_and_question_kinds_are_the_answers_of_its_chats():
     processor = train_demo.demo_processor()
     collator = train_demo.ChatCollator(processor)
-    batch, marked, question_kinds = train_demo.training_batch(collator, 0, 500, 8, 400, 0.3, 1200)
-    assert marked.shape == (8, 2)
+    batch, marked, question_kinds, maps = train_demo.training_batch(collator, 0, 500, 8, 400, 0.3, 1200)
+    assert marked.shape == (8, 2) and maps is None
     colors = list(SHAPE_COLORS)
     answers = []
     for labels, (kind_index, color_index) in zip(batch["labels"], marked.tolist(), strict=True):
@@ -412,16 +415,68 @@ def test_question_kind_of_inverts_answer_for(kind, broad_cases):
 
 def test_prefetched_batches_of_a_resumed_run_are_the_batches_of_those_steps():
     collator = train_demo.ChatCollator(train_demo.demo_processor())
-    options = (2, 400, 0.3, 1200)
+    options = (2, 400, 0.3, 1200, "broad", 0.0, None, True)
     batches = train_demo.TrainingBatches(collator, 0, 6, *options)
     resumed = list(train_demo.prefetched(torch.utils.data.Subset(batches, range(4, 6))))
     assert len(resumed) == 2
-    for step, (batch, marked, question_kinds) in zip((4, 5), resumed, strict=True):
-        expected, expected_marked, expected_kinds = train_demo.training_batch(collator, 0, step, *options)
+    for step, (batch, marked, question_kinds, maps) in zip((4, 5), resumed, strict=True):
+        expected, expected_marked, expected_kinds, expected_maps = train_demo.training_batch(
+            collator, 0, step, *options
+        )
         assert torch.equal(marked, expected_marked) and torch.equal(question_kinds, expected_kinds)
+        assert torch.equal(maps, expected_maps)
         assert batch.keys() == expected.keys()
         for key, value in expected.items():
             assert torch.equal(batch[key], value), f"step {step}: {key} differs from training_batch's"
+
+
+def shape_cover_of_base_view_patches(case, patches_per_side: int, samples: int = 8) -> np.ndarray:
+    """`(patches, 4)`: per patch of the base view (the whole image squashed to one tile), the share of a grid of
+    points in its part of the image that lie in a circle, a square, a triangle and in the marked shape, by
+    `Shape.contains` (geometry, not drawing)."""
+    width, height = case.image.size
+    cover = np.zeros((patches_per_side, patches_per_side, 4))
+    offsets = (np.arange(samples) + 0.5) / samples
+    for row in range(patches_per_side):
+        for col in range(patches_per_side):
+            for y in (row + offsets) * height / patches_per_side:
+                for x in (col + offsets) * width / patches_per_side:
+                    for shape in case.shapes:
+                        if shape.contains(x, y):
+                            cover[row, col, SHAPE_KINDS.index(shape.kind)] += 1
+                            cover[row, col, 3] += shape is case.target
+    return cover.reshape(-1, 4) / samples**2
+
+
+def test_shape_maps_give_each_patch_its_cover_by_every_kind_and_by_the_marked_shape():
+    image_processor = train_demo.demo_processor().image_processor
+    cases = make_cases(6, seed=5)
+    maps, image_grids = train_demo.tiled_shape_maps(image_processor, cases)
+    scenes = image_processor([case.image for case in cases], return_tensors="pt")
+    assert maps.shape[:2] == scenes["pixel_values"].shape[:2] and torch.equal(image_grids, scenes["image_grids"])
+    patches_per_side = train_demo.TILE_SIZE // train_demo.VISION_CONFIG["patch_size"]
+    assert maps.shape[2:] == (patches_per_side**2, len(train_demo.SHAPE_MAPS))
+    for case, image_maps in zip(cases, maps, strict=True):
+        expected = shape_cover_of_base_view_patches(case, patches_per_side)
+        # The resize blurs the edges by a pixel or two; a patch is 16 px of the tile.
+        assert np.abs(image_maps[0].numpy() - expected).max() < 0.25
+        assert np.abs(image_maps[0].numpy() - expected).mean() < 0.01
+    real = train_demo.real_tiles(maps, image_grids)
+    counts = [train_demo.num_tiles_from_grid(tuple(grid)) for grid in image_grids.tolist()]
+    assert real.shape[0] == sum(counts) and min(counts) < maps.shape[1], "seed 5 should pad some images' tiles"
+    assert torch.equal(real[counts[0]], maps[1, 0])  # the second image's base view follows the first's tiles
+
+
+def test_patch_map_loss_scores_the_maps_read_from_the_right_patches():
+    maps = torch.zeros(2, 5, 4)
+    maps[0, 1, 0] = maps[0, 1, 3] = maps[1, 4, 2] = 1.0
+    head = train_demo.PatchMapHead(4)
+    with torch.no_grad():
+        head.norm.weight.fill_(1.0), head.norm.bias.zero_()
+        head.linear.weight.copy_(torch.eye(4) * 20), head.linear.bias.fill_(-10.0)
+    features = maps * 2 - 1 + torch.linspace(0, 1e-3, 4)  # layer norm keeps the sign pattern
+    assert train_demo.patch_map_loss(head, features, maps).item() < 1e-3
+    assert train_demo.patch_map_loss(head, features.roll(1, dims=1), maps).item() > 1.0
 
 
 def test_marked_shape_loss_reads_each_image_from_its_own_tiles():
@@ -447,6 +502,7 @@ def test_marked_shape_loss_reads_each_image_from_its_own_tiles():
         (["--vision-width", "0"], "--vision-width must be a positive multiple of 4 (the heads), got 0"),
         (["--auxiliary-weight", "-0.5"], "--auxiliary-weight must be 0 (off) or positive"),
         (["--question-kind-weight", "-1"], "--question-kind-weight must be 0 (off) or positive"),
+        (["--patch-map-weight", "-2"], "--patch-map-weight must be 0 (off) or positive"),
         (["--legacy-share", "1.5"], "--legacy-share must be a share between 0 and 1"),
         (["--tower-marked-share", "-0.1"], "--tower-marked-share must be a share between 0 and 1"),
         (["--prompt-type-weight", "arrow"], "expected TYPE=WEIGHT with TYPE one of box, ellipse"),

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
@@ -52,6 +53,7 @@ from vision_zephyr_tools.training.collator import IGNORE_INDEX, ChatCollator
 
 
 visual_prompts = load_repo_module("visual_prompts")
+num_tiles_from_grid = load_repo_module("image_processing_anyres").num_tiles_from_grid
 DEFAULT_ALPHA, SIZE_KEYS = visual_prompts.DEFAULT_ALPHA, visual_prompts.SIZE_KEYS
 default_stroke_size = visual_prompts.default_stroke_size
 
@@ -244,10 +246,11 @@ def training_batch(
     task: str = "broad",
     legacy_share: float = 0.0,
     prompt_type_weights: dict[str, float] | None = None,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """The batch of `step`, its marked shapes' `(kind, colour)` indices and the `QUESTION_KINDS` index of each
-    question (chat by chat, turn by turn): its own generator, so a resumed run sees the same data as an uninterrupted
-    one.
+    patch_maps: bool = False,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The batch of `step`, its marked shapes' `(kind, colour)` indices, the `QUESTION_KINDS` index of each
+    question (chat by chat, turn by turn) and, with `patch_maps`, the `tiled_shape_maps` of its images' tiles: its own
+    generator, so a resumed run sees the same data as an uninterrupted one.
 
     Two curricula fade out linearly. Scenes: a share of single-shape scenes, 100 % at step 0 falling to
     `single_shape_floor` at `curriculum_steps`; there the answer is visible without finding the prompt, which teaches
@@ -263,17 +266,19 @@ def training_batch(
     rng = random.Random(f"{seed}-{step}")
     single_shape_share = max(single_shape_floor, fading_share(step, curriculum_steps))
     salience = fading_share(step, salience_steps)
-    examples, marked, question_kinds = [], [], []
+    cases, examples, marked, question_kinds = [], [], [], []
     for _ in range(batch_size):
         scene = SINGLE_SHAPE if rng.random() < single_shape_share else SHAPES_PER_IMAGE
         case = make_case(rng, scene, task=case_task(rng, task, legacy_share), prompt_type_weights=prompt_type_weights)
         prompt = salient_prompt(case.visual_prompt, case.image.size, salience)
         follow_ups = [other_question(rng, case)] if rng.random() < TWO_QUESTION_SHARE else []
+        cases.append(case)
         examples.append({"messages": training_chat(case, prompt, follow_ups)})
         marked.append(attribute_indices(case))
         answers = [case.answer] + [answer for _, answer in follow_ups]
         question_kinds += [QUESTION_KINDS.index(question_kind_of(answer)) for answer in answers]
-    return collator(examples), torch.tensor(marked), torch.tensor(question_kinds)
+    maps = real_tiles(*tiled_shape_maps(collator.processor.image_processor, cases)) if patch_maps else None
+    return collator(examples), torch.tensor(marked), torch.tensor(question_kinds), maps
 
 
 def case_task(rng: random.Random, task: str, legacy_share: float) -> str:
@@ -302,6 +307,7 @@ class TrainingBatches(torch.utils.data.Dataset):
         task: str = "broad",
         legacy_share: float = 0.0,
         prompt_type_weights: dict[str, float] | None = None,
+        patch_maps: bool = False,
     ):
         self.collator, self.seed, self.steps = collator, seed, steps
         self.options = (
@@ -312,12 +318,15 @@ class TrainingBatches(torch.utils.data.Dataset):
             task,
             legacy_share,
             prompt_type_weights,
+            patch_maps,
         )
 
     def __len__(self) -> int:
         return self.steps
 
-    def __getitem__(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    def __getitem__(
+        self, step: int
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor | None]:
         return training_batch(self.collator, self.seed, step, *self.options)
 
 
@@ -340,6 +349,50 @@ def single_threaded(worker_id: int) -> None:
 def attribute_indices(case: DemoCase) -> tuple[int, int]:
     """The marked shape's kind and colour as class indices (`SHAPE_KINDS`, `SHAPE_COLORS` order)."""
     return SHAPE_KINDS.index(case.target.kind), list(SHAPE_COLORS).index(case.target.color)
+
+
+# `shape_maps` draws each kind of shape in its own channel, in `SHAPE_KINDS` order.
+KIND_FILLS = {
+    kind: tuple(255 if channel == index else 0 for channel in range(3)) for index, kind in enumerate(SHAPE_KINDS)
+}
+SHAPE_MAPS = (*SHAPE_KINDS, "marked")
+
+
+def shape_maps(case: DemoCase) -> list[Image.Image]:
+    """Two label images of `case`'s scene, black where no shape is: every shape in the channel of its kind (circles
+    red, squares green, triangles blue), and the marked shape in red."""
+    kinds, marked = Image.new("RGB", case.image.size), Image.new("RGB", case.image.size)
+    for shape in case.shapes:
+        shape.draw(ImageDraw.Draw(kinds), fill=KIND_FILLS[shape.kind])
+    case.target.draw(ImageDraw.Draw(marked), fill=KIND_FILLS[SHAPE_KINDS[0]])
+    return [kinds, marked]
+
+
+def tiled_shape_maps(image_processor, cases: list[DemoCase]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per patch of every tile of `cases`' images, as `image_processor` tiles them, the share of its pixels covered by
+    each of `SHAPE_MAPS` (a circle, a square, a triangle, the marked shape): `(images, max_tiles, patches, 4)` in
+    [0, 1], zero on padding tiles; and the images' `image_grids`.
+
+    The maps go through the processor's own anyres layout, with its fast resize: they are soft targets, the few
+    levels by which it differs from LANCZOS do not matter.
+    """
+    tiled = image_processor(
+        [image for case in cases for image in shape_maps(case)],
+        fast_resize=True,
+        do_normalize=False,
+        return_tensors="pt",
+    )
+    pixel_values = tiled["pixel_values"]
+    pooled = torch.nn.functional.avg_pool2d(pixel_values.flatten(0, 1), VISION_CONFIG["patch_size"])
+    pooled = pooled.unflatten(0, pixel_values.shape[:2])
+    maps = torch.cat([pooled[0::2], pooled[1::2, :, :1]], dim=2)
+    return maps.flatten(3).transpose(2, 3), tiled["image_grids"][0::2]
+
+
+def real_tiles(maps: torch.Tensor, image_grids: torch.Tensor) -> torch.Tensor:
+    """The maps of the tiles the model runs, each image's first `num_tiles_from_grid`, concatenated in its order."""
+    counts = [num_tiles_from_grid(tuple(grid)) for grid in image_grids.tolist()]
+    return torch.cat([image[:count] for image, count in zip(maps, counts, strict=True)])
 
 
 def fading_share(step: int, fade_steps: int) -> float:
@@ -377,6 +430,7 @@ def pretrain_tower(
     task: str = "broad",
     marked_share: float = 0.0,
     prompt_type_weights: dict[str, float] | None = None,
+    patch_map_weight: float = 0.0,
 ) -> None:
     """Stage 0: the vision tower learns shape and colour with throw-away heads, before the whole model trains.
 
@@ -387,7 +441,8 @@ def pretrain_tower(
     for the shape and, with a second query and head, the colour: trained on shape alone it lost the colour that the
     end-to-end model finds the red prompt by. With `marked_share`, that share of the images are the task's scenes of
     several shapes, labelled with the marked one: the tower also learns to find the prompt (its prompt types drawn
-    by `prompt_type_weights`, as in stage 1). The heads are then discarded. The tower's state is saved to
+    by `prompt_type_weights`, as in stage 1). With `patch_map_weight`, a `PatchMapHead` also reads every patch's
+    `tiled_shape_maps` (`patch_map_loss`). The heads are then discarded. The tower's state is saved to
     `output_dir/tower.pt`, which a resumed run reuses.
     """
     tower_path = output_dir / "tower.pt"
@@ -395,18 +450,34 @@ def pretrain_tower(
     if tower_path.exists():
         tower.load_state_dict(torch.load(tower_path, weights_only=True))
         return
-    head = AttributeProbeHead(model.config.fused_vision_hidden_size, (len(SHAPE_KINDS), len(SHAPE_COLORS)))
+    feature_size = model.config.fused_vision_hidden_size
+    head = AttributeProbeHead(feature_size, (len(SHAPE_KINDS), len(SHAPE_COLORS)))
     parameters = list(tower.parameters()) + list(head.parameters())
+    if patch_map_weight:
+        # Made only when used: its initialisation draws from the seeded generator, which recipes without it keep.
+        map_head = PatchMapHead(feature_size)
+        parameters += list(map_head.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=2e-3, weight_decay=0.01, betas=(0.9, 0.98))
     fuse = sys.modules[type(model).__module__].fuse_vision_layers
     layers = model.config.vision_feature_layers
     batches = prefetched(
-        BaseViewBatches(processor.image_processor, seed, steps, batch_size, task, marked_share, prompt_type_weights)
+        BaseViewBatches(
+            processor.image_processor,
+            seed,
+            steps,
+            batch_size,
+            task,
+            marked_share,
+            prompt_type_weights,
+            patch_maps=bool(patch_map_weight),
+        )
     )
     progress = tqdm(batches, total=steps, desc="stage 0: tower", unit="step")
-    for tiles, attributes in progress:
-        hidden_states = tower(tiles, output_hidden_states=True).hidden_states
-        loss = attribute_loss(head(fuse(hidden_states, layers)), attributes)
+    for tiles, attributes, maps in progress:
+        fused = fuse(tower(tiles, output_hidden_states=True).hidden_states, layers)
+        loss = attribute_loss(head(fused), attributes)
+        if patch_map_weight:
+            loss = loss + patch_map_weight * patch_map_loss(map_head, fused, maps)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
@@ -417,8 +488,8 @@ def pretrain_tower(
 
 class BaseViewBatches(torch.utils.data.IterableDataset):
     """Stage 0's batches: single-shape scenes (and a `marked_share` of the task's scenes) with their prompt drawn, as
-    base-view tiles `(batch, 3, H, W)`, and their marked shape's `(kind, colour)` indices; one generator for the
-    whole stage, so read by one worker only.
+    base-view tiles `(batch, 3, H, W)`, their marked shape's `(kind, colour)` indices and, with `patch_maps`, the
+    base views' `tiled_shape_maps` (else `None`); one generator for the whole stage, so read by one worker only.
 
     Drawing and tiling cost more than the tower's step on 32 tiles: `prefetched` draws them ahead. Only the base view
     is used, so the images are tiled on a one-tile grid: the base view is the same (the image squashed to one tile),
@@ -434,12 +505,13 @@ class BaseViewBatches(torch.utils.data.IterableDataset):
         task: str = "broad",
         marked_share: float = 0.0,
         prompt_type_weights: dict[str, float] | None = None,
+        patch_maps: bool = False,
     ):
         tile_size = image_processor.tile_size
         self.image_processor = copy.deepcopy(image_processor)
         self.image_processor.image_grid_pinpoints = [[tile_size, tile_size]]
         self.seed, self.steps, self.batch_size, self.task = seed, steps, batch_size, task
-        self.marked_share, self.prompt_type_weights = marked_share, prompt_type_weights
+        self.marked_share, self.prompt_type_weights, self.patch_maps = marked_share, prompt_type_weights, patch_maps
 
     def __iter__(self):
         rng = random.Random(f"{self.seed}-tower")
@@ -453,7 +525,8 @@ class BaseViewBatches(torch.utils.data.IterableDataset):
                 visual_prompts=[[case.visual_prompt] for case in cases],
                 return_tensors="pt",
             )["pixel_values"][:, 0]
-            yield tiles, torch.tensor([attribute_indices(case) for case in cases])
+            maps = tiled_shape_maps(self.image_processor, cases)[0][:, 0] if self.patch_maps else None
+            yield tiles, torch.tensor([attribute_indices(case) for case in cases]), maps
 
     def scene(self, rng: random.Random) -> tuple[int, int]:
         """How many shapes the next scene has: the task's several with probability `marked_share`."""
@@ -475,6 +548,29 @@ class AttributeProbeHead(torch.nn.Module):
         weights = torch.softmax(features @ self.queries.T / features.shape[-1] ** 0.5, dim=1)
         pooled = torch.einsum("bpa,bpc->bac", weights, features)
         return tuple(classifier(pooled[:, index]) for index, classifier in enumerate(self.classifiers))
+
+
+class PatchMapHead(torch.nn.Module):
+    """A linear read-out of the `SHAPE_MAPS` from each (layer-normalised) fused patch feature."""
+
+    def __init__(self, feature_size: int):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(feature_size)
+        self.linear = torch.nn.Linear(feature_size, len(SHAPE_MAPS))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(features))
+
+
+def patch_map_loss(head: PatchMapHead, fused_features: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """Auxiliary loss: the binary cross-entropy of `head`'s reading of every patch of `fused_features`
+    `(tiles, patches, channels)` against its `tiled_shape_maps` `(tiles, patches, 4)`.
+
+    It teaches the tower patch by patch what the answers and `marked_shape_loss` teach it one label per image: which
+    kind of shape covers each patch, and which shape the prompt marks, also where the prompt does not touch it (an
+    arrow's shape across the gap from its head).
+    """
+    return torch.nn.functional.binary_cross_entropy_with_logits(head(fused_features), maps)
 
 
 def attribute_loss(logits: tuple[torch.Tensor, ...], attributes: torch.Tensor) -> torch.Tensor:
@@ -550,6 +646,7 @@ def train(
     question_kind_weight: float = 0.0,
     legacy_share: float = 0.0,
     prompt_type_weights: dict[str, float] | None = None,
+    patch_map_weight: float = 0.0,
 ) -> None:
     """AdamW with linear warm-up and cosine decay; resumes from `output_dir/state.pt` when it exists.
 
@@ -560,6 +657,9 @@ def train(
     With `question_kind_weight`, a throw-away linear head reads each question's kind from the language model's state
     where it starts the answer (`question_kind_loss`): the answers' gradient alone taught the broad task's question
     kinds slowly, and a shape question was answered with a colour in a third of v15's cases (BENCHMARKS.md).
+
+    With `patch_map_weight`, a throw-away `PatchMapHead` reads every patch's `tiled_shape_maps` from the fused tower
+    features that the Q-Former reads (`patch_map_loss`).
     """
     torch.manual_seed(seed)
     hidden_size = model.config.text_config.hidden_size
@@ -571,14 +671,17 @@ def train(
         # Made only when used: its initialisation draws from the seeded generator, which recipes without it keep.
         heads["question_kind"] = torch.nn.Linear(hidden_size, len(QUESTION_KINDS))
         parameters += list(heads["question_kind"].parameters())
+    if patch_map_weight:
+        heads["patch_map"] = PatchMapHead(model.config.fused_vision_hidden_size)
+        parameters += list(heads["patch_map"].parameters())
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
     accelerator = Accelerator(cpu=True)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     captured = {}
-    if auxiliary_weight:
+    if auxiliary_weight or patch_map_weight:
         model.model.multi_modal_projector.register_forward_hook(
-            lambda module, inputs, output: captured.__setitem__("visual_tokens", output)
+            lambda module, inputs, output: captured.update(fused_features=inputs[0], visual_tokens=output)
         )
     if question_kind_weight:
         model.model.language_model.register_forward_hook(
@@ -599,11 +702,12 @@ def train(
         task,
         legacy_share,
         prompt_type_weights,
+        patch_maps=bool(patch_map_weight),
     )
     remaining = prefetched(torch.utils.data.Subset(batches, range(start_step, steps)))
     progress = tqdm(remaining, initial=start_step, total=steps, desc="training", unit="step")
     model.train()
-    for step, (batch, marked, question_kinds) in enumerate(progress, start=start_step):
+    for step, (batch, marked, question_kinds, maps) in enumerate(progress, start=start_step):
         loss = answer_loss(model, batch)
         if auxiliary_weight:
             image_token_id = model.config.image_token_id
@@ -616,6 +720,8 @@ def train(
                 heads["question_kind"], captured["last_hidden_state"], batch["labels"], question_kinds
             )
             loss = loss + question_kind_weight * kinds
+        if patch_map_weight:
+            loss = loss + patch_map_weight * patch_map_loss(heads["patch_map"], captured["fused_features"], maps)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
@@ -743,6 +849,12 @@ def parse_args() -> argparse.Namespace:
         help="weight of the auxiliary loss on each question's kind read from the language model's state",
     )
     parser.add_argument(
+        "--patch-map-weight",
+        type=float,
+        default=0.0,
+        help="weight of the auxiliary loss on each patch's shape maps (kind of shape, marked or not), both stages",
+    )
+    parser.add_argument(
         "--tower-marked-share",
         type=float,
         default=0.0,
@@ -778,7 +890,7 @@ def parse_args() -> argparse.Namespace:
         parser.error(
             f"--edge-filter-channels must be between 0 and {args.vision_width}, got {args.edge_filter_channels}"
         )
-    for flag in ("auxiliary_weight", "question_kind_weight"):
+    for flag in ("auxiliary_weight", "question_kind_weight", "patch_map_weight"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag.replace('_', '-')} must be 0 (off) or positive, got {getattr(args, flag)}")
     for flag in ("tower_marked_share", "legacy_share"):
@@ -827,6 +939,7 @@ def main() -> None:
             args.task,
             args.tower_marked_share,
             args.prompt_type_weights,
+            args.patch_map_weight,
         )
     rng = random.Random(args.eval_seed)
     # Half of the broad task's held-out check is asked in held-out wordings.
@@ -851,6 +964,7 @@ def main() -> None:
         args.question_kind_weight,
         args.legacy_share,
         args.prompt_type_weights,
+        args.patch_map_weight,
     )
     if args.export:
         export_checkpoint(model.eval(), processor, args.export)
