@@ -391,6 +391,20 @@ def test_training_batch_attributes_and_question_kinds_are_the_answers_of_its_cha
     assert len(set(expected)) == 3, "the batch should hold every question kind"
 
 
+def test_fast_tiling_changes_only_the_resize_of_training_batches():
+    exact = train_demo.training_batch(train_demo.ChatCollator(train_demo.demo_processor()), 0, 500, 4, 400, 0.3, 1200)
+    fast_processor = train_demo.demo_processor(fast_resize=True)
+    fast = train_demo.training_batch(train_demo.ChatCollator(fast_processor), 0, 500, 4, 400, 0.3, 1200)
+    assert exact[0].keys() == fast[0].keys()
+    for key in exact[0].keys() - {"pixel_values"}:
+        assert torch.equal(exact[0][key], fast[0][key]), key
+    assert all(torch.equal(left, right) for left, right in zip(exact[1:3], fast[1:3], strict=True))
+    std = torch.tensor(fast_processor.image_processor.image_std)[:, None, None]
+    levels = (exact[0]["pixel_values"] - fast[0]["pixel_values"]).abs() * std * 255
+    # Bicubic against LANCZOS: the same tiles, a few levels apart at edges, nearly everywhere equal.
+    assert 0 < levels.max() < 40 and levels.mean() < 0.2, (levels.max(), levels.mean())
+
+
 def test_question_kind_loss_reads_the_state_before_each_answers_first_token():
     ignore = train_demo.IGNORE_INDEX
     # Two chats: the first answers at positions 3-4 and 7-8 (two turns), the second at 5-6.

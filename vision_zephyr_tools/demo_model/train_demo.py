@@ -647,6 +647,7 @@ def train(
     legacy_share: float = 0.0,
     prompt_type_weights: dict[str, float] | None = None,
     patch_map_weight: float = 0.0,
+    training_processor=None,
 ) -> None:
     """AdamW with linear warm-up and cosine decay; resumes from `output_dir/state.pt` when it exists.
 
@@ -660,6 +661,8 @@ def train(
 
     With `patch_map_weight`, a throw-away `PatchMapHead` reads every patch's `tiled_shape_maps` from the fused tower
     features that the Q-Former reads (`patch_map_loss`).
+
+    `training_processor` (default `processor`) draws and tiles the training batches; `processor` the held-out check.
     """
     torch.manual_seed(seed)
     hidden_size = model.config.text_config.hidden_size
@@ -692,7 +695,7 @@ def train(
     log_path = output_dir / "log.tsv"
     started = time.monotonic()
     batches = TrainingBatches(
-        ChatCollator(processor),
+        ChatCollator(training_processor or processor),
         seed,
         steps,
         batch_size,
@@ -786,10 +789,11 @@ def check_resumed_width(output_dir: Path, vision_width: int) -> None:
             return
 
 
-def demo_processor():
-    """The repository's processor (tokenizer, chat template) with the demo's tile size, pinpoints and query count."""
+def demo_processor(fast_resize: bool = False):
+    """The repository's processor (tokenizer, chat template) with the demo's tile size, pinpoints and query count;
+    with `fast_resize`, one that tiles with the fast resize instead of the original's LANCZOS (training only)."""
     image_processor = get_class_from_dynamic_module(IMAGE_PROCESSOR_CLASS, str(REPO_ROOT))(
-        tile_size=TILE_SIZE, image_grid_pinpoints=GRID_PINPOINTS
+        tile_size=TILE_SIZE, image_grid_pinpoints=GRID_PINPOINTS, fast_resize=fast_resize
     )
     return get_class_from_dynamic_module(PROCESSOR_CLASS, str(REPO_ROOT))(
         image_processor=image_processor,
@@ -876,6 +880,12 @@ def parse_args() -> argparse.Namespace:
         default=VISION_CONFIG["hidden_size"],
         help="the vision tower's width (a multiple of its 4 heads); a resumed run keeps the width it started with",
     )
+    parser.add_argument(
+        "--fast-tiling",
+        action="store_true",
+        help="tile the training images with the processor's fast resize, not the original's LANCZOS: a lighter data "
+        "worker; the held-out check and the exported processor keep LANCZOS",
+    )
     parser.add_argument("--tower-batch-size", type=int, default=32, help="stage 0: images per step")
     parser.add_argument("--save-every", type=int, default=100, help="steps between resumable checkpoints")
     parser.add_argument("--eval-every", type=int, default=200, help="steps between held-out accuracy checks")
@@ -926,12 +936,13 @@ def main() -> None:
     check_resumed_width(args.output_dir, args.vision_width)
     torch.manual_seed(args.seed)
     processor = demo_processor()
+    training_processor = demo_processor(fast_resize=True) if args.fast_tiling else processor
     model = load_repo_class("VisionZephyrForConditionalGeneration")(demo_config(args.vision_width))
     initialize_for_training(model, args.edge_filter_channels)
     if args.tower_steps and not (args.output_dir / "state.pt").exists():
         pretrain_tower(
             model,
-            processor,
+            training_processor,
             args.output_dir,
             args.tower_steps,
             args.tower_batch_size,
@@ -965,6 +976,7 @@ def main() -> None:
         args.legacy_share,
         args.prompt_type_weights,
         args.patch_map_weight,
+        training_processor,
     )
     if args.export:
         export_checkpoint(model.eval(), processor, args.export)
