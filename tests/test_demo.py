@@ -542,7 +542,7 @@ def test_answer_loss_is_the_models_own_labels_loss():
     torch.manual_seed(0)
     model = train_demo.load_repo_class("VisionZephyrForConditionalGeneration")(train_demo.demo_config())
     collator = train_demo.ChatCollator(train_demo.demo_processor())
-    batch, _, _ = train_demo.training_batch(collator, 0, 2000, 3, 400, 0.3, 1200, "broad")
+    batch, _, _, _ = train_demo.training_batch(collator, 0, 2000, 3, 400, 0.3, 1200, "broad")
     loss = train_demo.answer_loss(model, batch)
     torch.testing.assert_close(loss, model(**batch).loss)
     loss.backward()
@@ -558,7 +558,7 @@ def test_a_wider_tower_is_initialised_and_feeds_the_projector():
     assert (vision_config.hidden_size, vision_config.intermediate_size) == (80, 320)
     assert model.config.text_config.head_dim == 32  # the language model, what vLLM serves, is unchanged
     collator = train_demo.ChatCollator(train_demo.demo_processor())
-    batch, _, _ = train_demo.training_batch(collator, 0, 2000, 2, 400, 0.3, 1200, "broad")
+    batch, _, _, _ = train_demo.training_batch(collator, 0, 2000, 2, 400, 0.3, 1200, "broad")
     train_demo.answer_loss(model, batch).backward()
     assert model.model.vision_tower.embeddings.patch_embedding.weight.grad.abs().sum() > 0
 
