@@ -34,6 +34,7 @@ from vision_zephyr_tools.demo_model.eval_demo import accuracy_table, generate_an
 
 
 demo_recipe_sweep = load_script(REPO_ROOT / "research" / "demo_recipe_sweep.py")
+demo_arrow_errors = load_script(REPO_ROOT / "research" / "demo_arrow_errors.py")
 
 
 DEMO_DIR = REPO_ROOT / "demo"
@@ -298,6 +299,43 @@ def test_recipe_sweep_shape_only_batches_ask_only_for_shapes_and_big_shapes_shri
     ]
     assert set(answers) <= set(SHAPE_KINDS) and len(answers) == 16, answers
     assert demo_task.SHAPE_SIZE_FRACTIONS == (0.15, 0.30), "the sweep must restore the task's shape sizes"
+
+
+def test_arrow_error_analysis_measures_the_arrows_geometry():
+    arrows = demo_arrow_errors
+    cases = arrows.arrow_cases(6, seed=31)
+    assert [case.prompt_type for case in cases] == ["arrow"] * 6
+    # A hand-made scene: marked circle of size 50 at (100, 100), a square at (250, 100), arrow from (200, 100) to
+    # (140, 100): head 40 px from the circle's centre, 60 px long, 110 px from the square's centre.
+    circle = demo_task.Shape("circle", "blue", 100, 100, 50)
+    square = demo_task.Shape("square", "green", 250, 100, 40)
+    case = demo_task.DemoCase(
+        image=Image.new("RGB", (320, 200), "white"),
+        shapes=(circle, square),
+        target=circle,
+        visual_prompt={"type": "arrow", "xyxy": [200, 100, 140, 100], "color": "red"},
+        question_kind="both",
+        question="What is marked?",
+        answer="blue circle",
+    )
+    assert arrows.arrow_geometry(case) == pytest.approx(
+        {
+            "head to marked centre / size": 0.8,
+            "length / size": 1.2,
+            "head to nearest other centre / size": 2.2,
+            "longest image side (px)": 320,
+        }
+    )
+    assert [arrows.names_another_shape(answer, case) for answer in ("green", "square", "green square", "blue")] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    values = [5, 1, 3, 2, 6, 4, math.inf]
+    right = [True, True, False, False, True, True, False]
+    # Sorted: 1 T, 2 F, 3 F, 4 T, 5 T, 6 T (inf left out): thirds {1, 2}, {3, 4}, {5, 6}.
+    assert arrows.accuracy_by_thirds(values, right) == [(1, 2, 0.5, 2), (3, 4, 0.5, 2), (5, 6, 1.0, 2)]
 
 
 def test_edge_filters_respond_most_to_a_patch_dark_on_the_side_they_point_to():
