@@ -42,13 +42,14 @@ def arrow_geometry(case: DemoCase) -> dict[str, float]:
     }
 
 
-def names_another_shape(answer: str, case: DemoCase) -> bool:
-    """Whether `answer` is the colour, the kind or both of a shape in the scene other than the marked one."""
-    return any(
-        answer in (shape.color, shape.kind, f"{shape.color} {shape.kind}")
-        for shape in case.shapes
-        if shape is not case.target
-    )
+def names_another_shape(answer: str, case: DemoCase, nearest_only: bool = False) -> bool:
+    """Whether `answer` is the colour, the kind or both of a shape in the scene other than the marked one (with
+    `nearest_only`, of the other shape whose centre is nearest the arrow's head)."""
+    others = [shape for shape in case.shapes if shape is not case.target]
+    if nearest_only and others:
+        head = case.visual_prompt["xyxy"][2:]
+        others = [min(others, key=lambda shape: math.dist(head, (shape.x, shape.y)))]
+    return any(answer in (shape.color, shape.kind, f"{shape.color} {shape.kind}") for shape in others)
 
 
 def accuracy_by_thirds(values: Sequence[float], right: Sequence[bool]) -> list[tuple[float, float, float, int]]:
@@ -77,6 +78,9 @@ def main() -> None:
     wrong = [(answer, case) for answer, case, ok in zip(answers, cases, right, strict=True) if not ok]
     print(f"arrows answered right: {sum(right) / len(right):.1%} of {len(cases)}")
     print(f"wrong: {len(wrong)}, naming another shape of the scene: {sum(names_another_shape(*w) for w in wrong)}")
+    print(
+        f"  of which the one nearest the arrow's head: {sum(names_another_shape(*w, nearest_only=True) for w in wrong)}"
+    )
     geometry = [arrow_geometry(case) for case in cases]
     for measure in geometry[0]:
         thirds = accuracy_by_thirds([row[measure] for row in geometry], right)

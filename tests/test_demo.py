@@ -4,6 +4,7 @@ The accuracy tests run the whole user path (drawing, tiling, `<image>` expansion
 conditioning, `generate()`), so broken wiring anywhere shows up as a drop in accuracy.
 """
 
+import dataclasses
 import math
 import random
 import re
@@ -331,6 +332,13 @@ def test_arrow_error_analysis_measures_the_arrows_geometry():
         True,
         True,
         False,
+    ]
+    # With a second other shape, a yellow triangle nearer the head than the square: only it is the nearest.
+    triangle = demo_task.Shape("triangle", "yellow", 140, 160, 30)
+    crowded = dataclasses.replace(case, shapes=(circle, square, triangle))
+    assert [arrows.names_another_shape(answer, crowded, nearest_only=True) for answer in ("green", "yellow")] == [
+        False,
+        True,
     ]
     values = [5, 1, 3, 2, 6, 4, math.inf]
     right = [True, True, False, False, True, True, False]
