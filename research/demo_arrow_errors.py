@@ -14,7 +14,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from vision_zephyr_tools.demo_model.demo_task import DemoCase, make_case
+from vision_zephyr_tools.demo_model.demo_task import QUESTION_KINDS, DemoCase, Shape, answer_for, make_case
 from vision_zephyr_tools.demo_model.eval_demo import generate_answers, load_demo
 
 
@@ -29,27 +29,35 @@ def arrow_cases(count: int, seed: int) -> list[DemoCase]:
     return cases
 
 
+def head_distance(case: DemoCase, shape: Shape) -> float:
+    """Pixels from the arrow's head to `shape`'s centre."""
+    return math.dist(case.visual_prompt["xyxy"][2:], (shape.x, shape.y))
+
+
+def others_by_head_distance(case: DemoCase) -> list[Shape]:
+    """The scene's shapes other than the marked one, nearest the arrow's head first."""
+    others = [shape for shape in case.shapes if shape is not case.target]
+    return sorted(others, key=lambda shape: head_distance(case, shape))
+
+
 def arrow_geometry(case: DemoCase) -> dict[str, float]:
     """The measures the accuracy is split by, for one arrow case."""
     tail_x, tail_y, head_x, head_y = case.visual_prompt["xyxy"]
-    head, target = (head_x, head_y), case.target
-    others = [math.dist(head, (shape.x, shape.y)) for shape in case.shapes if shape is not target]
+    target, others = case.target, others_by_head_distance(case)
     return {
-        "head to marked centre / size": math.dist(head, (target.x, target.y)) / target.size,
-        "length / size": math.dist((tail_x, tail_y), head) / target.size,
-        "head to nearest other centre / size": min(others) / target.size if others else math.inf,
+        "head to marked centre / size": head_distance(case, target) / target.size,
+        "length / size": math.dist((tail_x, tail_y), (head_x, head_y)) / target.size,
+        "head to nearest other centre / size": head_distance(case, others[0]) / target.size if others else math.inf,
         "longest image side (px)": float(max(case.image.size)),
     }
 
 
 def names_another_shape(answer: str, case: DemoCase, nearest_only: bool = False) -> bool:
-    """Whether `answer` is the colour, the kind or both of a shape in the scene other than the marked one (with
-    `nearest_only`, of the other shape whose centre is nearest the arrow's head)."""
-    others = [shape for shape in case.shapes if shape is not case.target]
-    if nearest_only and others:
-        head = case.visual_prompt["xyxy"][2:]
-        others = [min(others, key=lambda shape: math.dist(head, (shape.x, shape.y)))]
-    return any(answer in (shape.color, shape.kind, f"{shape.color} {shape.kind}") for shape in others)
+    """Whether `answer` is what a question of any kind about a shape other than the marked one expects (with
+    `nearest_only`, about the other shape whose centre is nearest the arrow's head)."""
+    others = others_by_head_distance(case)
+    shapes = others[:1] if nearest_only else others
+    return any(answer == answer_for(shape, kind) for shape in shapes for kind in QUESTION_KINDS)
 
 
 def accuracy_by_thirds(values: Sequence[float], right: Sequence[bool]) -> list[tuple[float, float, float, int]]:
@@ -58,10 +66,9 @@ def accuracy_by_thirds(values: Sequence[float], right: Sequence[bool]) -> list[t
     bounds = [pairs[len(pairs) * third // 3][0] for third in range(3)] + [math.inf]
     thirds = []
     for low, high in itertools.pairwise(bounds):
-        inside = [ok for value, ok in pairs if low <= value < high]
+        inside = [(value, ok) for value, ok in pairs if low <= value < high]
         if inside:
-            top = max(value for value, _ in pairs if low <= value < high)
-            thirds.append((low, top, sum(inside) / len(inside), len(inside)))
+            thirds.append((low, inside[-1][0], sum(ok for _, ok in inside) / len(inside), len(inside)))
     return thirds
 
 
