@@ -14,8 +14,8 @@ The defaults are v14's recipe on the legacy task (red prompts, two questions) wi
 what vLLM's CPU attention supports (v16 in BENCHMARKS.md, with the learning curves, the earlier recipes and what each
 one showed). `--task broad` trains on the broad task instead: every prompt type and colour, questions in many
 wordings; its best recipe so far (v20, v23 and v26 in BENCHMARKS.md, not yet good enough to replace `demo/`; 48
-minutes on the 2-core Intel Xeon VM, 72 on the AMD EPYC one) adds `--question-kind-weight 1 --auxiliary-weight 3
---tower-marked-share 0.5 --steps 3000`; `--fast-tiling` shortens its stage 0 by about 6 minutes.
+minutes on the 2-core Intel Xeon VM, an estimated 72 on the AMD EPYC one) adds `--question-kind-weight 1
+--auxiliary-weight 3 --tower-marked-share 0.5 --steps 3000`; `--fast-tiling` shortens its stage 0 by about 6 minutes.
 
 Checkpoints (model, optimizer, scheduler, step) are written to `OUTPUT_DIR/state.pt` every `--save-every` steps, so
 a run that is cut off resumes where it stopped. `--export DIR` writes the complete checkpoint folder (config with
