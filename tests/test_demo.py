@@ -36,6 +36,7 @@ from vision_zephyr_tools.demo_model.eval_demo import accuracy_table, generate_an
 
 demo_recipe_sweep = load_script(REPO_ROOT / "research" / "demo_recipe_sweep.py")
 demo_arrow_errors = load_script(REPO_ROOT / "research" / "demo_arrow_errors.py")
+demo_marked_map = load_script(REPO_ROOT / "research" / "demo_marked_map.py")
 
 
 DEMO_DIR = REPO_ROOT / "demo"
@@ -346,6 +347,30 @@ def test_arrow_error_analysis_measures_the_arrows_geometry():
     assert arrows.accuracy_by_thirds(values, right) == [(1, 2, 0.5, 2), (3, 4, 0.5, 2), (5, 6, 1.0, 2)]
 
 
+def test_marked_map_analysis_scores_each_shape_over_its_own_patches():
+    # A 224-px image is its own base view (tile 0): a 64-px square at (64, 80) covers patch rows 3-6, columns 2-5.
+    square = demo_task.Shape("square", "blue", 64, 80, 64)
+    circle = demo_task.Shape("circle", "green", 170, 170, 40)
+    case = demo_task.DemoCase(
+        image=Image.new("RGB", (224, 224), "white"),
+        shapes=(square, circle),
+        target=circle,
+        visual_prompt={"type": "point", "xyxy": [170, 170], "color": "red"},
+        question_kind="shape",
+        question="What shape is marked?",
+        answer="circle",
+    )
+    image_processor = train_demo.demo_processor(fast_resize=True).image_processor
+    covers = demo_marked_map.shape_covers(image_processor, case, tiles=1)
+    square_cover = covers[0, 0].reshape(14, 14)
+    assert torch.allclose(square_cover[3:7, 2:6], torch.ones(4, 4))
+    assert square_cover[:, 8:].sum() == 0 and square_cover[9:].sum() == 0
+    assert covers[1, 0].reshape(14, 14)[3:7, 2:6].sum() == 0
+    # Scores 0.9 on every patch the square touches and 0.1 elsewhere: the square scores 0.9, the circle 0.1.
+    scores = torch.where(covers[0] > 0, 0.9, 0.1)
+    assert demo_marked_map.mean_scores_by_shape(scores, covers) == pytest.approx([0.9, 0.1])
+
+
 def test_edge_filters_respond_most_to_a_patch_dark_on_the_side_they_point_to():
     filters = train_demo.oriented_edge_filters(16, 16)
     centred = torch.arange(16.0) - 7.5
@@ -539,6 +564,46 @@ def test_patch_map_loss_scores_the_maps_read_from_the_right_patches():
     assert train_demo.patch_map_loss(head, features.roll(1, dims=1), maps).item() > 1.0
 
 
+def marked_channel_head(scale: float) -> "train_demo.PatchMapHead":
+    """A `PatchMapHead` over 4-channel features whose marked-shape logit is `scale` times the last feature."""
+    head = train_demo.PatchMapHead(4)
+    with torch.no_grad():
+        head.norm.weight.fill_(1.0), head.norm.bias.zero_()
+        head.linear.weight.zero_(), head.linear.bias.zero_()
+        head.linear.weight[train_demo.SHAPE_MAPS.index("marked"), 3] = scale
+    return head
+
+
+def test_marked_map_loss_is_the_cross_entropy_against_each_images_marked_cover():
+    # Image 0: two tiles of 4 patches, the marked shape covering patches 1 and 6 halfway each; image 1: one tile.
+    maps = torch.zeros(3, 4, 4)
+    maps[0, 1, 3] = maps[1, 2, 3] = 0.5
+    maps[2, 0, 3] = 1.0
+    features = torch.zeros(3, 4, 4)
+    features[..., 0] = 1.0
+    features[..., 3] = maps[..., 3] > 0  # the marked patches stand out in the last channel
+    uniform = train_demo.marked_map_loss(marked_channel_head(0.0), features, maps, [2, 1])
+    # Equal logits: the cross-entropy of a target spread over 2 of 8 patches (image 0) and 1 of 4 (image 1).
+    assert uniform.item() == pytest.approx((math.log(8) + math.log(4)) / 2, rel=1e-5)
+    # Logits far higher on the marked patches: image 0 can do no better than its target's entropy, log 2.
+    assert train_demo.marked_map_loss(marked_channel_head(60.0), features, maps, [2, 1]).item() == pytest.approx(
+        math.log(2) / 2, abs=1e-3
+    )
+    # The softmax is taken per image: image 1's patches never compete with image 0's.
+    alone = train_demo.marked_map_loss(marked_channel_head(60.0), features[:2], maps[:2], [2])
+    assert alone.item() == pytest.approx(math.log(2), abs=1e-3)
+
+
+def test_marked_map_loss_skips_images_without_a_marked_patch():
+    maps = torch.zeros(2, 4, 4)
+    maps[1, 3, 3] = 1.0
+    features = torch.randn(2, 4, 4)
+    loss = train_demo.marked_map_loss(marked_channel_head(1.0), features, maps, [1, 1])
+    assert loss.item() == pytest.approx(
+        train_demo.marked_map_loss(marked_channel_head(1.0), features[1:], maps[1:], [1]).item()
+    )
+
+
 def test_marked_shape_loss_reads_each_image_from_its_own_tiles():
     torch.manual_seed(0)
     head = train_demo.AttributeProbeHead(8, (3, 4))
@@ -563,6 +628,7 @@ def test_marked_shape_loss_reads_each_image_from_its_own_tiles():
         (["--auxiliary-weight", "-0.5"], "--auxiliary-weight must be 0 (off) or positive"),
         (["--question-kind-weight", "-1"], "--question-kind-weight must be 0 (off) or positive"),
         (["--patch-map-weight", "-2"], "--patch-map-weight must be 0 (off) or positive"),
+        (["--marked-map-weight", "-1"], "--marked-map-weight must be 0 (off) or positive"),
         (["--legacy-share", "1.5"], "--legacy-share must be a share between 0 and 1"),
         (["--tower-marked-share", "-0.1"], "--tower-marked-share must be a share between 0 and 1"),
         (["--prompt-type-weight", "arrow"], "expected TYPE=WEIGHT with TYPE one of box, ellipse"),

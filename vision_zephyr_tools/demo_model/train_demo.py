@@ -432,19 +432,21 @@ def pretrain_tower(
     marked_share: float = 0.0,
     prompt_type_weights: dict[str, float] | None = None,
     patch_map_weight: float = 0.0,
+    marked_map_weight: float = 0.0,
 ) -> None:
     """Stage 0: the vision tower learns shape and colour with throw-away heads, before the whole model trains.
 
-    The real model starts from a pre-trained CLIP; this one cannot. Trained end to end from scratch, the tower never
-    learned to tell the shapes apart (the shape question stayed at chance in every variant of BENCHMARKS.md's sweep),
-    although on its own, with an attention-pooling query and a linear head on its fused features, it learns them in a
-    few hundred steps. So it first does that on single-shape scenes' base views (prompt drawn, as the model sees them),
-    for the shape and, with a second query and head, the colour: trained on shape alone it lost the colour that the
-    end-to-end model finds the red prompt by. With `marked_share`, that share of the images are the task's scenes of
-    several shapes, labelled with the marked one: the tower also learns to find the prompt (its prompt types drawn
-    by `prompt_type_weights`, as in stage 1). With `patch_map_weight`, a `PatchMapHead` also reads every patch's
-    `tiled_shape_maps` (`patch_map_loss`). The heads are then discarded. The tower's state is saved to
-    `output_dir/tower.pt`, which a resumed run reuses.
+        The real model starts from a pre-trained CLIP; this one cannot. Trained end to end from scratch, the tower never
+        learned to tell the shapes apart (the shape question stayed at chance in every variant of BENCHMARKS.md's sweep),
+        although on its own, with an attention-pooling query and a linear head on its fused features, it learns them in a
+        few hundred steps. So it first does that on single-shape scenes' base views (prompt drawn, as the model sees them),
+        for the shape and, with a second query and head, the colour: trained on shape alone it lost the colour that the
+        end-to-end model finds the red prompt by. With `marked_share`, that share of the images are the task's scenes of
+        several shapes, labelled with the marked one: the tower also learns to find the prompt (its prompt types drawn
+        by `prompt_type_weights`, as in stage 1). With `patch_map_weight`, a `PatchMapHead` also reads every patch's
+        `tiled_shape_maps` (`patch_map_loss`), with `marked_map_weight` its marked-shape map compared across each base view's
+    patches (`marked_map_loss`). The heads are then discarded. The tower's state is saved to
+        `output_dir/tower.pt`, which a resumed run reuses.
     """
     tower_path = output_dir / "tower.pt"
     tower = model.model.vision_tower
@@ -454,7 +456,7 @@ def pretrain_tower(
     feature_size = model.config.fused_vision_hidden_size
     head = AttributeProbeHead(feature_size, (len(SHAPE_KINDS), len(SHAPE_COLORS)))
     parameters = list(tower.parameters()) + list(head.parameters())
-    if patch_map_weight:
+    if patch_map_weight or marked_map_weight:
         # Made only when used: its initialisation draws from the seeded generator, which recipes without it keep.
         map_head = PatchMapHead(feature_size)
         parameters += list(map_head.parameters())
@@ -470,7 +472,7 @@ def pretrain_tower(
             task,
             marked_share,
             prompt_type_weights,
-            patch_maps=bool(patch_map_weight),
+            patch_maps=bool(patch_map_weight or marked_map_weight),
         )
     )
     progress = tqdm(batches, total=steps, desc="stage 0: tower", unit="step")
@@ -479,6 +481,8 @@ def pretrain_tower(
         loss = attribute_loss(head(fused), attributes)
         if patch_map_weight:
             loss = loss + patch_map_weight * patch_map_loss(map_head, fused, maps)
+        if marked_map_weight:
+            loss = loss + marked_map_weight * marked_map_loss(map_head, fused, maps, [1] * len(fused))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
@@ -574,6 +578,29 @@ def patch_map_loss(head: PatchMapHead, fused_features: torch.Tensor, maps: torch
     return torch.nn.functional.binary_cross_entropy_with_logits(head(fused_features), maps)
 
 
+def marked_map_loss(
+    head: PatchMapHead, fused_features: torch.Tensor, maps: torch.Tensor, tiles_per_image: list[int]
+) -> torch.Tensor:
+    """Auxiliary loss: per image, the cross-entropy of a softmax over all its tiles' patches of `head`'s marked-shape
+    logit against the marked shape's cover of those patches (`tiled_shape_maps`), normalised to sum to one.
+
+    `patch_map_loss` reads the marked shape patch by patch with a binary cross-entropy, where the few marked patches
+    weigh little: v26's tower came out of it scoring the marked shape's patches barely above the other shapes'
+    (mean 0.23 against 0.17, research/demo_marked_map.py). The softmax compares the patches of one image with each
+    other, so all its gradient goes to telling the marked shape from the rest of the scene.
+    """
+    logits = head(fused_features)[..., SHAPE_MAPS.index("marked")]
+    cover = maps[..., SHAPE_MAPS.index("marked")]
+    losses = [
+        -(image_cover.flatten() / image_cover.sum() * torch.log_softmax(image_logits.flatten(), dim=0)).sum()
+        for image_logits, image_cover in zip(
+            torch.split(logits, tiles_per_image), torch.split(cover, tiles_per_image), strict=True
+        )
+        if image_cover.sum() > 0
+    ]
+    return torch.stack(losses).mean()
+
+
 def attribute_loss(logits: tuple[torch.Tensor, ...], attributes: torch.Tensor) -> torch.Tensor:
     """Sum of the cross-entropies of each attribute's logits against its column of `attributes`."""
     return sum(
@@ -649,6 +676,7 @@ def train(
     prompt_type_weights: dict[str, float] | None = None,
     patch_map_weight: float = 0.0,
     training_processor=None,
+    marked_map_weight: float = 0.0,
 ) -> None:
     """AdamW with linear warm-up and cosine decay; resumes from `output_dir/state.pt` when it exists.
 
@@ -661,7 +689,8 @@ def train(
     kinds slowly, and a shape question was answered with a colour in a third of v15's cases (BENCHMARKS.md).
 
     With `patch_map_weight`, a throw-away `PatchMapHead` reads every patch's `tiled_shape_maps` from the fused tower
-    features that the Q-Former reads (`patch_map_loss`).
+    features that the Q-Former reads (`patch_map_loss`); with `marked_map_weight`, the same head's marked-shape map is
+    also compared across each image's patches (`marked_map_loss`).
 
     `training_processor` (default `processor`) draws and tiles the training batches; `processor` the held-out check.
     """
@@ -675,7 +704,7 @@ def train(
         # Made only when used: its initialisation draws from the seeded generator, which recipes without it keep.
         heads["question_kind"] = torch.nn.Linear(hidden_size, len(QUESTION_KINDS))
         parameters += list(heads["question_kind"].parameters())
-    if patch_map_weight:
+    if patch_map_weight or marked_map_weight:
         heads["patch_map"] = PatchMapHead(model.config.fused_vision_hidden_size)
         parameters += list(heads["patch_map"].parameters())
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
@@ -683,7 +712,7 @@ def train(
     accelerator = Accelerator(cpu=True)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     captured = {}
-    if auxiliary_weight or patch_map_weight:
+    if auxiliary_weight or patch_map_weight or marked_map_weight:
         model.model.multi_modal_projector.register_forward_hook(
             lambda module, inputs, output: captured.update(fused_features=inputs[0], visual_tokens=output)
         )
@@ -706,7 +735,7 @@ def train(
         task,
         legacy_share,
         prompt_type_weights,
-        patch_maps=bool(patch_map_weight),
+        patch_maps=bool(patch_map_weight or marked_map_weight),
     )
     remaining = prefetched(torch.utils.data.Subset(batches, range(start_step, steps)))
     progress = tqdm(remaining, initial=start_step, total=steps, desc="training", unit="step")
@@ -726,6 +755,13 @@ def train(
             loss = loss + question_kind_weight * kinds
         if patch_map_weight:
             loss = loss + patch_map_weight * patch_map_loss(heads["patch_map"], captured["fused_features"], maps)
+        if marked_map_weight:
+            tiles_per_image = (batch["input_ids"] == model.config.image_token_id).sum(
+                1
+            ) // model.config.num_query_tokens
+            loss = loss + marked_map_weight * marked_map_loss(
+                heads["patch_map"], captured["fused_features"], maps, tiles_per_image.tolist()
+            )
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
@@ -860,6 +896,13 @@ def parse_args() -> argparse.Namespace:
         help="weight of the auxiliary loss on each patch's shape maps (kind of shape, marked or not), both stages",
     )
     parser.add_argument(
+        "--marked-map-weight",
+        type=float,
+        default=0.0,
+        help="weight of the auxiliary loss on where the marked shape is, compared across each image's patches, both "
+        "stages",
+    )
+    parser.add_argument(
         "--tower-marked-share",
         type=float,
         default=0.0,
@@ -901,7 +944,7 @@ def parse_args() -> argparse.Namespace:
         parser.error(
             f"--edge-filter-channels must be between 0 and {args.vision_width}, got {args.edge_filter_channels}"
         )
-    for flag in ("auxiliary_weight", "question_kind_weight", "patch_map_weight"):
+    for flag in ("auxiliary_weight", "question_kind_weight", "patch_map_weight", "marked_map_weight"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag.replace('_', '-')} must be 0 (off) or positive, got {getattr(args, flag)}")
     for flag in ("tower_marked_share", "legacy_share"):
@@ -952,6 +995,7 @@ def main() -> None:
             args.tower_marked_share,
             args.prompt_type_weights,
             args.patch_map_weight,
+            args.marked_map_weight,
         )
     rng = random.Random(args.eval_seed)
     # Half of the broad task's held-out check is asked in held-out wordings.
@@ -978,6 +1022,7 @@ def main() -> None:
         args.prompt_type_weights,
         args.patch_map_weight,
         training_processor,
+        args.marked_map_weight,
     )
     if args.export:
         export_checkpoint(model.eval(), processor, args.export)
