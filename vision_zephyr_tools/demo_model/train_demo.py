@@ -585,9 +585,10 @@ def marked_map_loss(
     logit against the marked shape's cover of those patches (`tiled_shape_maps`), normalised to sum to one.
 
     `patch_map_loss` reads the marked shape patch by patch with a binary cross-entropy, where the few marked patches
-    weigh little: v26's tower came out of it scoring the marked shape's patches barely above the other shapes'
-    (mean 0.23 against 0.17, research/demo_marked_map.py). The softmax compares the patches of one image with each
-    other, so all its gradient goes to telling the marked shape from the rest of the scene.
+    weigh little: v26's tower came out of it scoring the marked shape's patches barely above the other shapes' (mean
+    0.26 against 0.18; the highest-scoring shape was the marked one in 52 % of scenes of 2-4 shapes, where a guess
+    scores about 36 %; research/demo_marked_map.py). The softmax compares the patches of one image with each other, so
+    all its gradient goes to telling the marked shape from the rest of the scene.
     """
     logits = head(fused_features)[..., SHAPE_MAPS.index("marked")]
     cover = maps[..., SHAPE_MAPS.index("marked")]
