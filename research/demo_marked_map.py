@@ -31,7 +31,9 @@ from vision_zephyr_tools.remote_code import load_repo_class
 def trained_model_and_heads(state_path: Path):
     """The model and the throw-away heads (`marked_shape`, `question_kind`, `patch_map`) of a training state."""
     state = torch.load(state_path, weights_only=True)
-    model = load_repo_class("VisionZephyrForConditionalGeneration")(train_demo.demo_config())
+    shape = train_demo.saved_architecture(state, tower_only=False)
+    config = train_demo.demo_config(shape["--vision-width"], shape["--qformer-layers"], shape["--text-layers"])
+    model = load_repo_class("VisionZephyrForConditionalGeneration")(config)
     model.load_state_dict(state["model"])
     hidden_size = model.config.text_config.hidden_size
     heads = torch.nn.ModuleDict(

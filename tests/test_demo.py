@@ -625,6 +625,8 @@ def test_marked_shape_loss_reads_each_image_from_its_own_tiles():
         (["--vision-width", "80", "--edge-filter-channels", "81"], "--edge-filter-channels must be between 0 and 80"),
         (["--vision-width", "30"], "--vision-width must be a positive multiple of 4 (the heads), got 30"),
         (["--vision-width", "0"], "--vision-width must be a positive multiple of 4 (the heads), got 0"),
+        (["--qformer-layers", "0"], "--qformer-layers must be at least 1, got 0"),
+        (["--text-layers", "-1"], "--text-layers must be at least 1, got -1"),
         (["--auxiliary-weight", "-0.5"], "--auxiliary-weight must be 0 (off) or positive"),
         (["--question-kind-weight", "-1"], "--question-kind-weight must be 0 (off) or positive"),
         (["--patch-map-weight", "-2"], "--patch-map-weight must be 0 (off) or positive"),
@@ -675,16 +677,37 @@ def test_a_wider_tower_is_initialised_and_feeds_the_projector():
     assert model.model.vision_tower.embeddings.patch_embedding.weight.grad.abs().sum() > 0
 
 
-def test_resuming_with_another_tower_width_stops_with_a_clear_message(tmp_path):
-    model = train_demo.load_repo_class("VisionZephyrForConditionalGeneration")(train_demo.demo_config(vision_width=64))
+def test_resuming_with_another_model_shape_stops_with_a_clear_message(tmp_path):
+    model = train_demo.load_repo_class("VisionZephyrForConditionalGeneration")(
+        train_demo.demo_config(vision_width=64, qformer_layers=3, text_layers=2)
+    )
     torch.save(model.model.vision_tower.state_dict(), tmp_path / "tower.pt")
-    train_demo.check_resumed_width(tmp_path, 64)
+    train_demo.check_resumed_architecture(tmp_path, 64, 2, 4)  # tower.pt holds only the tower: any depth resumes
     with pytest.raises(SystemExit, match="tower.pt is a run with --vision-width 64, not 80: resume it with"):
-        train_demo.check_resumed_width(tmp_path, 80)
+        train_demo.check_resumed_architecture(tmp_path, 80, 3, 2)
     torch.save({"model": model.state_dict()}, tmp_path / "state.pt")
+    train_demo.check_resumed_architecture(tmp_path, 64, 3, 2)
     with pytest.raises(SystemExit, match="state.pt is a run with --vision-width 64, not 80"):
-        train_demo.check_resumed_width(tmp_path, 80)
-    train_demo.check_resumed_width(tmp_path / "new-run", 80)
+        train_demo.check_resumed_architecture(tmp_path, 80, 3, 2)
+    with pytest.raises(SystemExit, match="state.pt is a run with --qformer-layers 3, not 2"):
+        train_demo.check_resumed_architecture(tmp_path, 64, 2, 2)
+    with pytest.raises(SystemExit, match="state.pt is a run with --text-layers 2, not 4"):
+        train_demo.check_resumed_architecture(tmp_path, 64, 3, 4)
+    train_demo.check_resumed_architecture(tmp_path / "new-run", 80, 2, 2)
+
+
+def test_deeper_q_former_and_language_model_are_built_and_trained():
+    torch.manual_seed(0)
+    config = train_demo.demo_config(qformer_layers=4, text_layers=3)
+    model = train_demo.load_repo_class("VisionZephyrForConditionalGeneration")(config)
+    train_demo.initialize_for_training(model, edge_filter_channels=32)
+    assert (len(model.model.multi_modal_projector.layers), len(model.model.language_model.layers)) == (4, 3)
+    assert model.config.text_config.head_dim == 32
+    collator = train_demo.ChatCollator(train_demo.demo_processor())
+    batch, _, _, _ = train_demo.training_batch(collator, 0, 2000, 2, 400, 0.3, 1200, "broad")
+    train_demo.answer_loss(model, batch).backward()
+    assert model.model.multi_modal_projector.layers[3].mlp.fc2.weight.grad.abs().sum() > 0
+    assert model.model.language_model.layers[2].mlp.down_proj.weight.grad.abs().sum() > 0
 
 
 def test_prompt_type_weights_are_parsed_per_type(monkeypatch):

@@ -107,16 +107,23 @@ PROJECTOR_CONFIG = {
 }
 
 
-def demo_config(vision_width: int = VISION_CONFIG["hidden_size"]):
+def demo_config(
+    vision_width: int = VISION_CONFIG["hidden_size"],
+    qformer_layers: int = PROJECTOR_CONFIG["qformer_num_layers"],
+    text_layers: int = TEXT_CONFIG["num_hidden_layers"],
+):
     """The demo model's `VisionZephyrConfig` (with `auto_map`, so the saved folder loads as remote code), its vision
-    tower `vision_width` wide (MLP 4x as wide)."""
+    tower `vision_width` wide (MLP 4x as wide), with `qformer_layers` Q-Former blocks and `text_layers` language-model
+    layers."""
     vision_config = VISION_CONFIG | {
         "hidden_size": vision_width,
         "intermediate_size": 4 * vision_width,
         "projection_dim": vision_width,
     }
     config = load_repo_class("VisionZephyrConfig")(
-        vision_config=vision_config, text_config=TEXT_CONFIG, **PROJECTOR_CONFIG
+        vision_config=vision_config,
+        text_config=TEXT_CONFIG | {"num_hidden_layers": text_layers},
+        **PROJECTOR_CONFIG | {"qformer_num_layers": qformer_layers},
     )
     config.auto_map = dict(AUTO_MAP)
     return config
@@ -807,24 +814,37 @@ def load_state(path: Path, model, heads, optimizer, scheduler) -> int:
     return state["step"]
 
 
-def check_resumed_width(output_dir: Path, vision_width: int) -> None:
-    """Stops with a clear message when `output_dir` holds a run whose vision tower has another width than
-    `vision_width`: its saved weights cannot load into this model (the width is read from the saved patch embedding).
-    """
-    saved_patch_embeddings = {
-        "state.pt": lambda state: state["model"]["model.vision_tower.embeddings.patch_embedding.weight"],
-        "tower.pt": lambda state: state["embeddings.patch_embedding.weight"],
-    }
-    for name, patch_embedding in saved_patch_embeddings.items():  # state.pt first: a resume loads it, not tower.pt
+def check_resumed_architecture(output_dir: Path, vision_width: int, qformer_layers: int, text_layers: int) -> None:
+    """Stops with a clear message when `output_dir` holds a run whose model is shaped otherwise than these flags say:
+    its saved weights cannot load into this model. The width is read from the saved patch embedding (`tower.pt`
+    holds only the tower), the depths from the saved layers' names."""
+    for name in ("state.pt", "tower.pt"):  # state.pt first: a resume loads it, not tower.pt
         path = output_dir / name
         if path.exists():
-            saved_width = len(patch_embedding(torch.load(path, weights_only=True, mmap=True)))
-            if saved_width != vision_width:
-                raise SystemExit(
-                    f"{path} is a run with --vision-width {saved_width}, not {vision_width}: resume it with "
-                    f"--vision-width {saved_width}, or start a new run in another --output-dir"
-                )
+            saved = saved_architecture(torch.load(path, weights_only=True, mmap=True), tower_only=name == "tower.pt")
+            asked = {"--vision-width": vision_width, "--qformer-layers": qformer_layers, "--text-layers": text_layers}
+            for flag, value in saved.items():
+                if value != asked[flag]:
+                    raise SystemExit(
+                        f"{path} is a run with {flag} {value}, not {asked[flag]}: resume it with {flag} {value}, "
+                        "or start a new run in another --output-dir"
+                    )
             return
+
+
+def saved_architecture(state: dict, tower_only: bool) -> dict[str, int]:
+    """The `train-demo` flags that shape the model, read from a saved `state.pt` (or, `tower_only`, `tower.pt`)."""
+    if tower_only:
+        return {"--vision-width": len(state["embeddings.patch_embedding.weight"])}
+    weights = state["model"]
+    depths = {
+        "--qformer-layers": "model.multi_modal_projector.layers.",
+        "--text-layers": "model.language_model.layers.",
+    }
+    return {"--vision-width": len(weights["model.vision_tower.embeddings.patch_embedding.weight"])} | {
+        flag: len({key[len(prefix) :].split(".")[0] for key in weights if key.startswith(prefix)})
+        for flag, prefix in depths.items()
+    }
 
 
 def demo_processor(fast_resize: bool = False):
@@ -926,6 +946,18 @@ def parse_args() -> argparse.Namespace:
         help="the vision tower's width (a multiple of its 4 heads); a resumed run keeps the width it started with",
     )
     parser.add_argument(
+        "--qformer-layers",
+        type=int,
+        default=PROJECTOR_CONFIG["qformer_num_layers"],
+        help="the Q-Former's blocks (the first also reads the prompt text); a resumed run keeps the depth it started with",
+    )
+    parser.add_argument(
+        "--text-layers",
+        type=int,
+        default=TEXT_CONFIG["num_hidden_layers"],
+        help="the language model's layers; a resumed run keeps the depth it started with",
+    )
+    parser.add_argument(
         "--fast-tiling",
         action="store_true",
         help="tile the training images with the processor's fast resize, not the original's LANCZOS: a lighter data "
@@ -945,6 +977,9 @@ def parse_args() -> argparse.Namespace:
         parser.error(
             f"--edge-filter-channels must be between 0 and {args.vision_width}, got {args.edge_filter_channels}"
         )
+    for flag in ("qformer_layers", "text_layers"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     for flag in ("auxiliary_weight", "question_kind_weight", "patch_map_weight", "marked_map_weight"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag.replace('_', '-')} must be 0 (off) or positive, got {getattr(args, flag)}")
@@ -978,11 +1013,13 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    check_resumed_width(args.output_dir, args.vision_width)
+    check_resumed_architecture(args.output_dir, args.vision_width, args.qformer_layers, args.text_layers)
     torch.manual_seed(args.seed)
     processor = demo_processor()
     training_processor = demo_processor(fast_resize=True) if args.fast_tiling else processor
-    model = load_repo_class("VisionZephyrForConditionalGeneration")(demo_config(args.vision_width))
+    model = load_repo_class("VisionZephyrForConditionalGeneration")(
+        demo_config(args.vision_width, args.qformer_layers, args.text_layers)
+    )
     initialize_for_training(model, args.edge_filter_channels)
     if args.tower_steps and not (args.output_dir / "state.pt").exists():
         pretrain_tower(
