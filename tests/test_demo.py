@@ -604,6 +604,37 @@ def test_marked_map_loss_skips_images_without_a_marked_patch():
     )
 
 
+def test_training_with_the_marked_map_weight_trains_the_map_head_on_every_tile(tmp_path):
+    torch.manual_seed(0)
+    model = train_demo.load_repo_class("VisionZephyrForConditionalGeneration")(train_demo.demo_config())
+    seed = 3
+    torch.manual_seed(seed)  # `train`'s heads, made in its order: the marked-shape head, then the map head
+    train_demo.AttributeProbeHead(64, (3, 4))
+    initial_map_head = train_demo.PatchMapHead(model.config.fused_vision_hidden_size).state_dict()
+    train_demo.train(
+        model,
+        train_demo.demo_processor(),
+        tmp_path,
+        steps=2,
+        batch_size=2,
+        learning_rate=1e-3,
+        warmup_steps=1,
+        seed=seed,
+        save_every=2,
+        eval_every=100,
+        eval_cases=[],
+        curriculum_steps=0,
+        single_shape_floor=0.0,
+        salience_steps=0,
+        auxiliary_weight=0.0,
+        marked_map_weight=1.0,
+    )
+    heads = torch.load(tmp_path / "state.pt", weights_only=True)["auxiliary_heads"]
+    # Only the marked-map loss reaches the map head (no patch-map or auxiliary loss): it moved.
+    assert not torch.equal(heads["patch_map.linear.weight"], initial_map_head["linear.weight"])
+    assert len((tmp_path / "log.tsv").read_text().splitlines()) == 2
+
+
 def test_marked_shape_loss_reads_each_image_from_its_own_tiles():
     torch.manual_seed(0)
     head = train_demo.AttributeProbeHead(8, (3, 4))

@@ -443,17 +443,17 @@ def pretrain_tower(
 ) -> None:
     """Stage 0: the vision tower learns shape and colour with throw-away heads, before the whole model trains.
 
-        The real model starts from a pre-trained CLIP; this one cannot. Trained end to end from scratch, the tower never
-        learned to tell the shapes apart (the shape question stayed at chance in every variant of BENCHMARKS.md's sweep),
-        although on its own, with an attention-pooling query and a linear head on its fused features, it learns them in a
-        few hundred steps. So it first does that on single-shape scenes' base views (prompt drawn, as the model sees them),
-        for the shape and, with a second query and head, the colour: trained on shape alone it lost the colour that the
-        end-to-end model finds the red prompt by. With `marked_share`, that share of the images are the task's scenes of
-        several shapes, labelled with the marked one: the tower also learns to find the prompt (its prompt types drawn
-        by `prompt_type_weights`, as in stage 1). With `patch_map_weight`, a `PatchMapHead` also reads every patch's
-        `tiled_shape_maps` (`patch_map_loss`), with `marked_map_weight` its marked-shape map compared across each base view's
-    patches (`marked_map_loss`). The heads are then discarded. The tower's state is saved to
-        `output_dir/tower.pt`, which a resumed run reuses.
+    The real model starts from a pre-trained CLIP; this one cannot. Trained end to end from scratch, the tower never
+    learned to tell the shapes apart (the shape question stayed at chance in every variant of BENCHMARKS.md's sweep),
+    although on its own, with an attention-pooling query and a linear head on its fused features, it learns them in a
+    few hundred steps. So it first does that on single-shape scenes' base views (prompt drawn, as the model sees them),
+    for the shape and, with a second query and head, the colour: trained on shape alone it lost the colour that the
+    end-to-end model finds the red prompt by. With `marked_share`, that share of the images are the task's scenes of
+    several shapes, labelled with the marked one: the tower also learns to find the prompt (its prompt types drawn
+    by `prompt_type_weights`, as in stage 1). With `patch_map_weight`, a `PatchMapHead` also reads every patch's
+    `tiled_shape_maps` (`patch_map_loss`); with `marked_map_weight`, its marked-shape map is compared across each base
+    view's patches (`marked_map_loss`). The heads are then discarded. The tower's state is saved to
+    `output_dir/tower.pt`, which a resumed run reuses.
     """
     tower_path = output_dir / "tower.pt"
     tower = model.model.vision_tower
@@ -764,11 +764,10 @@ def train(
         if patch_map_weight:
             loss = loss + patch_map_weight * patch_map_loss(heads["patch_map"], captured["fused_features"], maps)
         if marked_map_weight:
-            tiles_per_image = (batch["input_ids"] == model.config.image_token_id).sum(
-                1
-            ) // model.config.num_query_tokens
+            image_tokens = (batch["input_ids"] == model.config.image_token_id).sum(1)
+            tiles_per_image = (image_tokens // model.config.num_query_tokens).tolist()
             loss = loss + marked_map_weight * marked_map_loss(
-                heads["patch_map"], captured["fused_features"], maps, tiles_per_image.tolist()
+                heads["patch_map"], captured["fused_features"], maps, tiles_per_image
             )
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(parameters, 1.0)
