@@ -31,6 +31,12 @@ from vision_zephyr_tools.remote_code import load_repo_class
 def trained_model_and_heads(state_path: Path):
     """The model and the throw-away heads (`marked_shape`, `question_kind`, `patch_map`) of a training state."""
     state = torch.load(state_path, weights_only=True)
+    saved_heads = {name.split(".")[0] for name in state["auxiliary_heads"]}
+    if not {"marked_shape", "patch_map"} <= saved_heads:
+        raise SystemExit(
+            f"{state_path} holds the heads {sorted(saved_heads)}; this analysis reads 'marked_shape' and 'patch_map': "
+            "use the state of a run with --auxiliary-weight and --patch-map-weight or --marked-map-weight above 0"
+        )
     shape = train_demo.saved_architecture(state, tower_only=False)
     config = train_demo.demo_config(shape["--vision-width"], shape["--qformer-layers"], shape["--text-layers"])
     model = load_repo_class("VisionZephyrForConditionalGeneration")(config)

@@ -371,6 +371,14 @@ def test_marked_map_analysis_scores_each_shape_over_its_own_patches():
     assert demo_marked_map.mean_scores_by_shape(scores, covers) == pytest.approx([0.9, 0.1])
 
 
+def test_marked_map_analysis_needs_a_state_with_its_heads(tmp_path):
+    model = train_demo.load_repo_class("VisionZephyrForConditionalGeneration")(train_demo.demo_config())
+    heads = torch.nn.ModuleDict({"marked_shape": train_demo.AttributeProbeHead(64, (3, 4))})
+    torch.save({"model": model.state_dict(), "auxiliary_heads": heads.state_dict()}, tmp_path / "state.pt")
+    with pytest.raises(SystemExit, match=r"holds the heads \['marked_shape'\]; this analysis reads"):
+        demo_marked_map.trained_model_and_heads(tmp_path / "state.pt")
+
+
 def test_edge_filters_respond_most_to_a_patch_dark_on_the_side_they_point_to():
     filters = train_demo.oriented_edge_filters(16, 16)
     centred = torch.arange(16.0) - 7.5
