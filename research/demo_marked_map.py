@@ -55,16 +55,14 @@ def trained_model_and_heads(state_path: Path):
 
 def shape_covers(image_processor, case: DemoCase, tiles: int) -> torch.Tensor:
     """Per shape of `case`'s scene, the share of each patch of the image's first `tiles` tiles that it covers:
-    `(shapes, tiles, patches)`, tiled by the processor's own anyres layout as `tiled_shape_maps` tiles its maps."""
+    `(shapes, tiles, patches)`, tiled as `tiled_shape_maps` tiles its maps."""
     masks = []
     for shape in case.shapes:
         mask = Image.new("RGB", case.image.size)
         shape.draw(ImageDraw.Draw(mask), fill=(255, 0, 0))
         masks.append(mask)
-    pixel_values = image_processor(masks, fast_resize=True, do_normalize=False, return_tensors="pt")["pixel_values"]
-    patch_size = train_demo.VISION_CONFIG["patch_size"]
-    pooled = torch.nn.functional.avg_pool2d(pixel_values[:, :tiles, :1].flatten(0, 1), patch_size)
-    return pooled.unflatten(0, (len(case.shapes), tiles)).flatten(2)
+    shares, _ = train_demo.patch_shares(image_processor, masks)
+    return shares[:, :tiles, :, 0]
 
 
 def mean_scores_by_shape(marked_scores: torch.Tensor, covers: torch.Tensor) -> list[float]:

@@ -381,22 +381,22 @@ def shape_maps(case: DemoCase) -> list[Image.Image]:
 def tiled_shape_maps(image_processor, cases: list[DemoCase]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per patch of every tile of `cases`' images, as `image_processor` tiles them, the share of its pixels covered by
     each of `SHAPE_MAPS` (a circle, a square, a triangle, the marked shape): `(images, max_tiles, patches, 4)` in
-    [0, 1], zero on padding tiles; and the images' `image_grids`.
+    [0, 1], zero on padding tiles; and the images' `image_grids`."""
+    shares, image_grids = patch_shares(image_processor, [image for case in cases for image in shape_maps(case)])
+    return torch.cat([shares[0::2], shares[1::2, ..., :1]], dim=3), image_grids[0::2]
 
-    The maps go through the processor's own anyres layout, with its fast resize: they are soft targets, the few
+
+def patch_shares(image_processor, label_images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per patch of every tile of the RGB `label_images`, as `image_processor` tiles them, each channel's mean level
+    in [0, 1]: `(images, max_tiles, patches, 3)`, zero on padding tiles; and the images' `image_grids`.
+
+    The labels go through the processor's own anyres layout, with its fast resize: they are soft targets, the few
     levels by which it differs from LANCZOS do not matter.
     """
-    tiled = image_processor(
-        [image for case in cases for image in shape_maps(case)],
-        fast_resize=True,
-        do_normalize=False,
-        return_tensors="pt",
-    )
+    tiled = image_processor(label_images, fast_resize=True, do_normalize=False, return_tensors="pt")
     pixel_values = tiled["pixel_values"]
     pooled = torch.nn.functional.avg_pool2d(pixel_values.flatten(0, 1), VISION_CONFIG["patch_size"])
-    pooled = pooled.unflatten(0, pixel_values.shape[:2])
-    maps = torch.cat([pooled[0::2], pooled[1::2, :, :1]], dim=2)
-    return maps.flatten(3).transpose(2, 3), tiled["image_grids"][0::2]
+    return pooled.unflatten(0, pixel_values.shape[:2]).flatten(3).transpose(2, 3), tiled["image_grids"]
 
 
 def real_tiles(maps: torch.Tensor, image_grids: torch.Tensor) -> torch.Tensor:
