@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from vision_zephyr_tools.demo_model import train_demo
-from vision_zephyr_tools.demo_model.demo_task import QUESTION_KINDS, SHAPE_COLORS, SHAPE_KINDS, DemoCase, make_case
+from vision_zephyr_tools.demo_model.demo_task import DemoCase, make_case
 from vision_zephyr_tools.remote_code import load_repo_class
 
 
@@ -41,14 +41,7 @@ def trained_model_and_heads(state_path: Path):
     config = train_demo.demo_config(shape["--vision-width"], shape["--qformer-layers"], shape["--text-layers"])
     model = load_repo_class("VisionZephyrForConditionalGeneration")(config)
     model.load_state_dict(state["model"])
-    hidden_size = model.config.text_config.hidden_size
-    heads = torch.nn.ModuleDict(
-        {
-            "marked_shape": train_demo.AttributeProbeHead(hidden_size, (len(SHAPE_KINDS), len(SHAPE_COLORS))),
-            "question_kind": torch.nn.Linear(hidden_size, len(QUESTION_KINDS)),
-            "patch_map": train_demo.PatchMapHead(model.config.fused_vision_hidden_size),
-        }
-    )
+    heads = train_demo.auxiliary_heads(model.config, question_kind=True, patch_map=True)
     heads.load_state_dict(state["auxiliary_heads"], strict=False)
     return model.eval(), heads.eval()
 

@@ -664,6 +664,23 @@ def first_answer_token(processor, answer: str) -> int:
     return full[len(tokenizer("<|assistant|>\n", add_special_tokens=False).input_ids)]
 
 
+def auxiliary_heads(config, question_kind: bool, patch_map: bool) -> torch.nn.ModuleDict:
+    """`train`'s throw-away heads: `marked_shape` always (its weights are saved even when unused), `question_kind`
+    and `patch_map` when asked for.
+
+    Made only when used and in this order: their initialisation draws from the seeded generator, and each recipe's
+    weights depend on what was drawn before them."""
+    hidden_size = config.text_config.hidden_size
+    heads = torch.nn.ModuleDict(
+        {"marked_shape": AttributeProbeHead(hidden_size, (len(SHAPE_KINDS), len(SHAPE_COLORS)))}
+    )
+    if question_kind:
+        heads["question_kind"] = torch.nn.Linear(hidden_size, len(QUESTION_KINDS))
+    if patch_map:
+        heads["patch_map"] = PatchMapHead(config.fused_vision_hidden_size)
+    return heads
+
+
 def train(
     model,
     processor,
@@ -705,18 +722,11 @@ def train(
     `training_processor` (default `processor`) draws and tiles the training batches; `processor` the held-out check.
     """
     torch.manual_seed(seed)
-    hidden_size = model.config.text_config.hidden_size
-    heads = torch.nn.ModuleDict(
-        {"marked_shape": AttributeProbeHead(hidden_size, (len(SHAPE_KINDS), len(SHAPE_COLORS)))}
+    heads = auxiliary_heads(
+        model.config, question_kind=bool(question_kind_weight), patch_map=bool(patch_map_weight or marked_map_weight)
     )
-    parameters = list(model.parameters()) + (list(heads["marked_shape"].parameters()) if auxiliary_weight else [])
-    if question_kind_weight:
-        # Made only when used: its initialisation draws from the seeded generator, which recipes without it keep.
-        heads["question_kind"] = torch.nn.Linear(hidden_size, len(QUESTION_KINDS))
-        parameters += list(heads["question_kind"].parameters())
-    if patch_map_weight or marked_map_weight:
-        heads["patch_map"] = PatchMapHead(model.config.fused_vision_hidden_size)
-        parameters += list(heads["patch_map"].parameters())
+    trained_heads = [head for name, head in heads.items() if name != "marked_shape" or auxiliary_weight]
+    parameters = list(model.parameters()) + [parameter for head in trained_heads for parameter in head.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
     accelerator = Accelerator(cpu=True)
