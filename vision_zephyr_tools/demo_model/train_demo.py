@@ -16,8 +16,9 @@ one showed). `--task broad` trains on the broad task instead: every prompt type 
 wordings; its best recipe so far (v20, v23 and v26 in BENCHMARKS.md, not yet good enough to replace `demo/`; 48
 minutes on the 2-core Intel Xeon VM, an estimated 72 on the AMD EPYC one) adds `--question-kind-weight 1
 --auxiliary-weight 3 --tower-marked-share 0.5 --steps 3000`; `--fast-tiling` shortens its stage 0 by about 6 minutes.
-v28, the best broad score so far and within the run-to-run spread of v23's, added `--patch-map-weight 2 --fast-tiling
---qformer-layers 4 --text-layers 3` (about 76 minutes on the AMD EPYC VM).
+v28 and v29, the best broad scores so far and within the run-to-run spread of v23's, added `--patch-map-weight 2
+--fast-tiling` and either `--qformer-layers 4 --text-layers 3` (v28) or half the batch in twice the steps (v29), about
+76 and 79 minutes on the AMD EPYC VM.
 
 Checkpoints (model, optimizer, scheduler, step) are written to `OUTPUT_DIR/state.pt` every `--save-every` steps, so
 a run that is cut off resumes where it stopped. `--export DIR` writes the complete checkpoint folder (config with
