@@ -372,8 +372,9 @@ def test_marked_map_analysis_scores_each_shape_over_its_own_patches():
 
 
 def test_marked_map_analysis_needs_a_state_with_its_heads(tmp_path):
-    model = train_demo.load_repo_class("VisionZephyrForConditionalGeneration")(train_demo.demo_config())
-    heads = torch.nn.ModuleDict({"marked_shape": train_demo.AttributeProbeHead(64, (3, 4))})
+    config = train_demo.demo_config()
+    model = train_demo.load_repo_class("VisionZephyrForConditionalGeneration")(config)
+    heads = train_demo.auxiliary_heads(config, question_kind=False, patch_map=False)
     torch.save({"model": model.state_dict(), "auxiliary_heads": heads.state_dict()}, tmp_path / "state.pt")
     with pytest.raises(SystemExit, match=r"holds the heads \['marked_shape'\]; this analysis reads"):
         demo_marked_map.trained_model_and_heads(tmp_path / "state.pt")
