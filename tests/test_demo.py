@@ -644,44 +644,6 @@ def test_training_with_the_marked_map_weight_trains_the_map_head_on_every_tile(t
     assert len((tmp_path / "log.tsv").read_text().splitlines()) == 2
 
 
-def test_training_with_a_frozen_tower_trains_everything_but_the_tower(tmp_path, monkeypatch):
-    torch.manual_seed(0)
-    model = train_demo.load_repo_class("VisionZephyrForConditionalGeneration")(train_demo.demo_config())
-    initial = {name: value.clone() for name, value in model.state_dict().items()}
-
-    def no_maps_wanted(*args, **kwargs):
-        raise AssertionError("patch maps drawn for a frozen tower")
-
-    # Raised in the prefetching worker, it stops `train` there too.
-    monkeypatch.setattr(train_demo, "tiled_shape_maps", no_maps_wanted)
-    train_demo.train(
-        model,
-        train_demo.demo_processor(),
-        tmp_path,
-        steps=2,
-        batch_size=2,
-        learning_rate=1e-3,
-        warmup_steps=1,
-        seed=3,
-        save_every=2,
-        eval_every=100,
-        eval_cases=[],
-        curriculum_steps=0,
-        single_shape_floor=0.0,
-        salience_steps=0,
-        auxiliary_weight=1.0,
-        patch_map_weight=1.0,
-        freeze_tower=True,
-    )
-    trained = torch.load(tmp_path / "state.pt", weights_only=True)
-    moved = {name for name, value in trained["model"].items() if not torch.equal(value, initial[name])}
-    assert moved and not any(name.startswith("model.vision_tower.") for name in moved)
-    assert any(name.startswith("model.multi_modal_projector.") for name in moved)
-    assert any(name.startswith("model.language_model.") for name in moved)
-    # The patch maps only teach the tower: not drawn (above), and no map head trained or saved.
-    assert not any(name.startswith("patch_map.") for name in trained["auxiliary_heads"])
-
-
 def test_marked_shape_loss_reads_each_image_from_its_own_tiles():
     torch.manual_seed(0)
     head = train_demo.AttributeProbeHead(8, (3, 4))

@@ -705,7 +705,6 @@ def train(
     patch_map_weight: float = 0.0,
     training_processor=None,
     marked_map_weight: float = 0.0,
-    freeze_tower: bool = False,
 ) -> None:
     """AdamW with linear warm-up and cosine decay; resumes from `output_dir/state.pt` when it exists.
 
@@ -721,26 +720,20 @@ def train(
     features that the Q-Former reads (`patch_map_loss`); with `marked_map_weight`, the same head's marked-shape map is
     also compared across each image's patches (`marked_map_loss`).
 
-    With `freeze_tower`, the vision tower keeps its stage-0 weights: no gradient flows into it, which halves the
-    step (its backward over every tile was over half the model's step, BENCHMARKS.md), and the patch maps, which only
-    teach the tower, are neither drawn nor read.
-
     `training_processor` (default `processor`) draws and tiles the training batches; `processor` the held-out check.
     """
     torch.manual_seed(seed)
-    patch_maps = bool(patch_map_weight or marked_map_weight) and not freeze_tower
-    heads = auxiliary_heads(model.config, question_kind=bool(question_kind_weight), patch_map=patch_maps)
+    heads = auxiliary_heads(
+        model.config, question_kind=bool(question_kind_weight), patch_map=bool(patch_map_weight or marked_map_weight)
+    )
     trained_heads = [head for name, head in heads.items() if name != "marked_shape" or auxiliary_weight]
-    model.model.vision_tower.requires_grad_(not freeze_tower)
-    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad] + [
-        parameter for head in trained_heads for parameter in head.parameters()
-    ]
+    parameters = list(model.parameters()) + [parameter for head in trained_heads for parameter in head.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
     accelerator = Accelerator(cpu=True)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     captured = {}
-    if auxiliary_weight or patch_maps:
+    if auxiliary_weight or patch_map_weight or marked_map_weight:
         model.model.multi_modal_projector.register_forward_hook(
             lambda module, inputs, output: captured.update(fused_features=inputs[0], visual_tokens=output)
         )
@@ -763,7 +756,7 @@ def train(
         task,
         legacy_share,
         prompt_type_weights,
-        patch_maps=patch_maps,
+        patch_maps=bool(patch_map_weight or marked_map_weight),
     )
     remaining = prefetched(torch.utils.data.Subset(batches, range(start_step, steps)))
     progress = tqdm(remaining, initial=start_step, total=steps, desc="training", unit="step")
@@ -781,9 +774,9 @@ def train(
                 heads["question_kind"], captured["last_hidden_state"], batch["labels"], question_kinds
             )
             loss = loss + question_kind_weight * kinds
-        if patch_maps and patch_map_weight:
+        if patch_map_weight:
             loss = loss + patch_map_weight * patch_map_loss(heads["patch_map"], captured["fused_features"], maps)
-        if patch_maps and marked_map_weight:
+        if marked_map_weight:
             image_tokens = (batch["input_ids"] == model.config.image_token_id).sum(1)
             tiles_per_image = (image_tokens // model.config.num_query_tokens).tolist()
             loss = loss + marked_map_weight * marked_map_loss(
@@ -982,11 +975,6 @@ def parse_args() -> argparse.Namespace:
         help="tile the training images with the processor's fast resize, not the original's LANCZOS: a lighter data "
         "worker; the held-out check and the exported processor keep LANCZOS",
     )
-    parser.add_argument(
-        "--freeze-tower",
-        action="store_true",
-        help="stage 1 trains everything but the vision tower, which keeps stage 0's weights: about half the step time",
-    )
     parser.add_argument("--tower-batch-size", type=int, default=32, help="stage 0: images per step")
     parser.add_argument("--save-every", type=int, default=100, help="steps between resumable checkpoints")
     parser.add_argument("--eval-every", type=int, default=200, help="steps between held-out accuracy checks")
@@ -1085,7 +1073,6 @@ def main() -> None:
         args.patch_map_weight,
         training_processor,
         args.marked_map_weight,
-        args.freeze_tower,
     )
     if args.export:
         export_checkpoint(model.eval(), processor, args.export)
