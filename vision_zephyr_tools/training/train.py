@@ -245,14 +245,7 @@ def main(argv: list[str] | None = None) -> VisionZephyrTrainer:
     return trainer
 
 
-def release_process_group() -> None:
-    """Destroys the distributed process group, if any, before the interpreter exits, as torch asks: left to the
-    exit's destructors, its background threads can abort a finished rank (seen once in CI: `torchrun` with gloo, rank
-    1 aborted with "terminate called without an active exception" and failed the run)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    release_process_group()
+    # `Trainer.end` destroys the distributed process group before the interpreter exits: left to the exit's
+    # destructors, its threads can abort a finished rank (seen once in CI with `torchrun` and gloo).
+    main(sys.argv[1:]).end()
