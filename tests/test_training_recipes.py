@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from vision_zephyr_tools.training.train import (
     RecipeArguments,
     VisionZephyrTrainingArguments,
     build_trainer,
+    end_run,
     main,
     prepare_model,
 )
@@ -269,6 +271,22 @@ def test_two_process_run_completes_and_saves(tiny_checkpoint, dataset_path, tmp_
     assert state["epoch"] == 1.0, f"the data was not sharded over the two processes (epoch {state['epoch']})"
     saved = load_file(tmp_path / TRAINABLE_WEIGHTS_NAME)
     assert saved and all(name.startswith("model.multi_modal_projector.") for name in saved)
+
+
+def test_end_run_frees_the_distributed_wrapper_before_destroying_the_process_group(
+    tiny_checkpoint, dataset_path, tmp_path, monkeypatch
+):
+    """DDP's reducer holds the process group: freed only after `Trainer.end`, gloo can hang a finished rank."""
+    trainer = build_trainer(recipe(tiny_checkpoint, dataset_path), training_arguments(tmp_path))
+    wrapper = torch.nn.Module()  # stands in for the DistributedDataParallel that `accelerator.prepare` keeps
+    trainer.model_wrapped = wrapper
+    trainer.accelerator._models.append(wrapper)
+    wrapper_alive = weakref.ref(wrapper)
+    del wrapper
+    freed_before_end = []
+    monkeypatch.setattr(trainer, "end", lambda: freed_before_end.append(wrapper_alive() is None))
+    end_run(trainer)
+    assert freed_before_end == [True]
 
 
 @pytest.mark.parametrize("name", ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"])
