@@ -250,6 +250,7 @@ def test_stage2_run_from_a_stage1_projector_saves_lora_and_projector_only(tiny_c
     queries = [tensor for name, tensor in adapter.items() if name.endswith("multi_modal_projector.query_tokens")]
     assert len(queries) == 1 and torch.all(queries[0] == 0.25), "Stage 2 must start from the Stage-1 projector"
     assert trainer.state.global_step == 1
+    assert not trainer.accelerator._models, "main() must end the run with end_run()"
 
 
 def test_two_process_run_completes_and_saves(tiny_checkpoint, dataset_path, tmp_path):

@@ -236,15 +236,6 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[RecipeArguments, Vis
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def main(argv: list[str] | None = None) -> VisionZephyrTrainer:
-    recipe, training_args = parse_arguments(argv)
-    trainer = build_trainer(recipe, training_args)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.save_state()
-    return trainer
-
-
 def end_run(trainer: VisionZephyrTrainer) -> None:
     """Free the distributed (DDP) wrapper of the model, then destroy the process group with `Trainer.end`.
 
@@ -258,5 +249,16 @@ def end_run(trainer: VisionZephyrTrainer) -> None:
     trainer.end()
 
 
+def main(argv: list[str] | None = None) -> VisionZephyrTrainer:
+    """The `train` command: train, save, then end the run (a distributed run's process group is destroyed)."""
+    recipe, training_args = parse_arguments(argv)
+    trainer = build_trainer(recipe, training_args)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.save_state()
+    end_run(trainer)
+    return trainer
+
+
 if __name__ == "__main__":
-    end_run(main(sys.argv[1:]))
+    main(sys.argv[1:])
