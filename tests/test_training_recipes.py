@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoProcessor
+from transformers import AutoProcessor, Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from vision_zephyr_tools.remote_code import REPO_ROOT
@@ -23,7 +23,6 @@ from vision_zephyr_tools.training.train import (
     RecipeArguments,
     VisionZephyrTrainingArguments,
     build_trainer,
-    end_run,
     main,
     prepare_model,
 )
@@ -250,7 +249,7 @@ def test_stage2_run_from_a_stage1_projector_saves_lora_and_projector_only(tiny_c
     queries = [tensor for name, tensor in adapter.items() if name.endswith("multi_modal_projector.query_tokens")]
     assert len(queries) == 1 and torch.all(queries[0] == 0.25), "Stage 2 must start from the Stage-1 projector"
     assert trainer.state.global_step == 1
-    assert not trainer.accelerator._models, "main() must end the run with end_run()"
+    assert not trainer.accelerator._models, "main() must end the run with trainer.end()"
 
 
 def test_two_process_run_completes_and_saves(tiny_checkpoint, dataset_path, tmp_path):
@@ -274,7 +273,7 @@ def test_two_process_run_completes_and_saves(tiny_checkpoint, dataset_path, tmp_
     assert saved and all(name.startswith("model.multi_modal_projector.") for name in saved)
 
 
-def test_end_run_frees_the_distributed_wrapper_before_destroying_the_process_group(
+def test_end_frees_the_distributed_wrapper_before_destroying_the_process_group(
     tiny_checkpoint, dataset_path, tmp_path, monkeypatch
 ):
     """DDP's reducer holds the process group: freed only after `Trainer.end`, gloo can hang a finished rank."""
@@ -285,8 +284,8 @@ def test_end_run_frees_the_distributed_wrapper_before_destroying_the_process_gro
     wrapper_alive = weakref.ref(wrapper)
     del wrapper
     freed_before_end = []
-    monkeypatch.setattr(trainer, "end", lambda: freed_before_end.append(wrapper_alive() is None))
-    end_run(trainer)
+    monkeypatch.setattr(Trainer, "end", lambda self: freed_before_end.append(wrapper_alive() is None))
+    trainer.end()
     assert freed_before_end == [True]
 
 

@@ -118,6 +118,19 @@ class VisionZephyrTrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
+    def end(self) -> None:
+        """Free the distributed (DDP) wrapper of the model, then destroy the process group (`Trainer.end`).
+
+        DDP's reducer keeps its own reference to the process group. Freed from the reducer, gloo's process group
+        joins its worker threads with the GIL held while a worker may still need the GIL to free a finished
+        collective's tensors: a rank hangs after training (2-rank `torchrun` on CPU, 5 of 13 runs under
+        transformers 5.19), or aborts at interpreter exit ("terminate called without an active exception") when the
+        model outlives `end()`.
+        """
+        self.model_wrapped = self.model
+        self.accelerator.free_memory()
+        super().end()
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         weights = Path(resume_from_checkpoint) / TRAINABLE_WEIGHTS_NAME
         if not weights.exists():
@@ -236,19 +249,6 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[RecipeArguments, Vis
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def end_run(trainer: VisionZephyrTrainer) -> None:
-    """Free the distributed (DDP) wrapper of the model, then destroy the process group with `Trainer.end`.
-
-    DDP's reducer keeps its own reference to the process group. Freed from the reducer, gloo's process group joins
-    its worker threads with the GIL held while a worker may still need the GIL to free a finished collective's
-    tensors: a rank hangs after training (2-rank `torchrun` on CPU, 5 of 13 runs under transformers 5.19), or
-    aborts at interpreter exit ("terminate called without an active exception") when the model outlives `end()`.
-    """
-    trainer.model_wrapped = trainer.model
-    trainer.accelerator.free_memory()
-    trainer.end()
-
-
 def main(argv: list[str] | None = None) -> VisionZephyrTrainer:
     """The `train` command: train, save, then end the run (a distributed run's process group is destroyed)."""
     recipe, training_args = parse_arguments(argv)
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> VisionZephyrTrainer:
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.save_state()
-    end_run(trainer)
+    trainer.end()
     return trainer
 
 
